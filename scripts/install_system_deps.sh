@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install the Debian packages the site build and the browser checks need:
+# jekyll (build), chromium (headless checks), fonts-noto-color-emoji (default images),
+# and npm only when no npm is on PATH (it fetches MathJax once).
+# Idempotent: does nothing, not even `apt-get update`, when everything is installed.
+set -euo pipefail
+
+packages=(jekyll chromium fonts-noto-color-emoji)
+command -v npm >/dev/null 2>&1 || packages+=(npm)
+
+missing=()
+for pkg in "${packages[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$pkg")
+    fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+    echo "system deps: all installed (${packages[*]})"
+    exit 0
+fi
+
+sudo=()
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { echo "need root (or sudo) to install: ${missing[*]}" >&2; exit 1; }
+    sudo=(sudo)
+fi
+
+echo "system deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" apt-get install -y -qq "${missing[@]}"

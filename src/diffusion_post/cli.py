@@ -1,0 +1,101 @@
+"""diffusion-post: make one figure without Snakemake, inspect a figure's parameters, manage inputs and caches."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _figure(args) -> None:
+    from . import config as post_config, layout
+    from .build import make_result, write_builtin_input
+
+    config = post_config.load(args.config)
+    if args.backend:
+        config["backend"]["name"] = args.backend
+    table = post_config.figure_table(config)
+    if args.name not in table:
+        raise post_config.ConfigError(f"no figure {args.name!r} in {args.config}: use one of {', '.join(table)}")
+    spec = post_config.resolve(config, args.name)
+    inputs = {}
+    if "image" in spec:
+        path = post_config.input_path(config, spec["image"])
+        if not Path(path).exists():
+            write_builtin_input(config["inputs"][spec["image"]].split(":", 1)[1], path)
+        inputs["image"] = path
+    source = f"results/{spec['source']}.safetensors" if "source" in spec else None
+    if source and not Path(source).exists():
+        raise FileNotFoundError(f"figure {args.name} starts from {source}: make it first (diffusion-post figure {spec['source']})")
+    result = f"results/{args.name}.safetensors"
+    make_result(args.name, spec, config["backend"], inputs, source, result, progress=True)
+    output = args.output or f"figures/{args.name}.png"
+    layout.figure(result, output)
+    print(output)
+
+
+def _describe(args) -> None:
+    from .images import read_parameters
+
+    print(json.dumps(read_parameters(args.png), indent=2, sort_keys=True))
+
+
+def _inputs(args) -> None:
+    from .data.inputs import DEFAULT_INPUTS
+
+    for name, about in DEFAULT_INPUTS.items():
+        print(f"builtin:{name:20s} {about}")
+
+
+def _check_config(args) -> None:
+    from . import config as post_config
+
+    post_config.load(args.config)
+    print(f"{args.config}: valid")
+
+
+def _import_embeddings(args) -> None:
+    from .backends.prompt_cache import PromptCache
+
+    cache = PromptCache(Path(args.cache_dir) / "prompt_embeds", args.text_encoder, lambda: None)
+    print(f"imported {cache.import_dict(args.file)} prompt embeddings into {cache.folder}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="diffusion-post", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("figure", help="sample and lay out one figure of config.yaml (with a progress bar)")
+    p.add_argument("name")
+    p.add_argument("--config", default="config.yaml")
+    p.add_argument("--backend", choices=["ideal", "deepfloyd", "tiny"], help="override backend/name")
+    p.add_argument("--output", help="PNG path (default figures/NAME.png)")
+    p.set_defaults(run=_figure)
+
+    p = commands.add_parser("describe", help="print the parameters a figure PNG carries")
+    p.add_argument("png")
+    p.set_defaults(run=_describe)
+
+    p = commands.add_parser("inputs", help="list the input images the project ships (builtin:NAME)")
+    p.set_defaults(run=_inputs)
+
+    p = commands.add_parser("check-config", help="validate a config file")
+    p.add_argument("config", nargs="?", default="config.yaml")
+    p.set_defaults(run=_check_config)
+
+    p = commands.add_parser("import-embeddings", help="import a {prompt: tensor} file (e.g. the course's prompt_embeds_dict.pth)")
+    p.add_argument("file")
+    p.add_argument("--text-encoder", default="DeepFloyd/IF-I-L-v1.0", help="the T5 repository the embeddings came from")
+    p.add_argument("--cache-dir", default=".cache")
+    p.set_defaults(run=_import_embeddings)
+
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        print(f"diffusion-post: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

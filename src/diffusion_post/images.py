@@ -1,0 +1,92 @@
+"""Image files: loading inputs, raw results (safetensors), and PNG figures that carry the parameters that made them."""
+
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, PngImagePlugin
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+METADATA_KEY = "parameters"
+
+
+@contextmanager
+def atomic_path(path: Path | str) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; it replaces `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_image(path: Path | str, size: int) -> Tensor:
+    """The course's `process`: RGB, resize the short side to `size`, center crop; (1, 3, size, size) in [-1, 1]."""
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+    scale = size / min(image.size)
+    w, h = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+    image = image.resize((w, h), Image.Resampling.BICUBIC)
+    left, top = (w - size) // 2, (h - size) // 2
+    image = image.crop((left, top, left + size, top + size))
+    return to_tensor(image)
+
+
+def to_tensor(image: Image.Image) -> Tensor:
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1
+    return torch.from_numpy(array).permute(2, 0, 1)[None].contiguous()
+
+
+def to_uint8(x: Tensor) -> np.ndarray:
+    """(3, H, W) in [-1, 1] -> (H, W, 3) uint8, displayed as x / 2 + 0.5 clamped."""
+    return (x.detach().float().cpu().div(2).add(0.5).clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy())
+
+
+def tile(images: Tensor, columns: int | None = None, gap: int = 0) -> Image.Image:
+    """(N, 3, H, W) -> one RGB image with `columns` per row (default: all in one row), `gap` white pixels between."""
+    n, _, h, w = images.shape
+    columns = min(columns or n, n)
+    rows = -(-n // columns)
+    canvas = Image.new("RGB", (columns * w + (columns - 1) * gap, rows * h + (rows - 1) * gap), "white")
+    for k, x in enumerate(images):
+        canvas.paste(Image.fromarray(to_uint8(x)), ((k % columns) * (w + gap), (k // columns) * (h + gap)))
+    return canvas
+
+
+def save_png(image: Image.Image, path: Path | str, parameters: dict) -> None:
+    """Write a PNG whose text chunk `parameters` holds the JSON of what made it."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text(METADATA_KEY, json.dumps(parameters, sort_keys=True))
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", pnginfo=info)
+
+
+def read_parameters(path: Path | str) -> dict:
+    with Image.open(path) as image:
+        text = image.text.get(METADATA_KEY) if hasattr(image, "text") else None
+    if text is None:
+        raise ValueError(f"{path} carries no '{METADATA_KEY}' metadata: it was not made by this project")
+    return json.loads(text)
+
+
+def save_result(tensors: dict[str, Tensor], path: Path | str, parameters: dict) -> None:
+    """Raw sampling output (float tensors) with its parameters, written atomically."""
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
+                  metadata={METADATA_KEY: json.dumps(parameters, sort_keys=True)})
+
+
+def load_result(path: Path | str) -> tuple[dict[str, Tensor], dict]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        parameters = json.loads(f.metadata()[METADATA_KEY])
+    return load_file(str(path)), parameters

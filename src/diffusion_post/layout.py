@@ -1,0 +1,92 @@
+"""Cheap steps after sampling: figures (tiled PNGs), anagram animations, the denoising-metrics plot."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .images import atomic_path, load_result, save_png, tile, to_uint8
+
+GAP = 2  # white pixels between tiles
+
+
+def figure(result: Path | str, output: Path | str, key: str = "images", columns: int | None = None) -> None:
+    """Tile one tensor of a result into a PNG carrying the result's parameters."""
+    tensors, parameters = load_result(result)
+    save_png(tile(tensors[key], columns, GAP), output, {**parameters, "panel": key})
+
+
+def _view_frame(image: Image.Image, view: str, s: float) -> Image.Image:
+    """The image part way (s in [0, 1]) from itself to its view, as a reader would turn a printed card."""
+    if view == "flip":  # turn about the horizontal axis: height scales by cos(pi s), upside down past s = 1/2
+        c = math.cos(math.pi * s)
+        h = max(1, round(image.height * abs(c)))
+        squashed = image.resize((image.width, h), Image.Resampling.BICUBIC)
+        if c < 0:
+            squashed = squashed.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+        frame = Image.new("RGB", image.size, "white")
+        frame.paste(squashed, (0, (image.height - h) // 2))
+        return frame
+    if view == "negate":
+        return Image.blend(image, Image.fromarray(255 - np.asarray(image)), s)
+    angle = {"rotate_cw": -90, "rotate_ccw": 90, "rotate_180": 180}[view]
+    return image.rotate(angle * s, resample=Image.Resampling.BICUBIC, fillcolor="white")
+
+
+def animation(result: Path | str, output: Path | str, views: list[str], frames: int = 24, hold: int = 12,
+              scale: int = 1) -> None:
+    """A looping GIF that turns the anagram into each of its other views and back."""
+    tensors, _ = load_result(result)
+    image = Image.fromarray(to_uint8(tensors["samples"][0]))
+    image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+    sequence = [image] * hold
+    for view in [v for v in views if v != "identity"]:
+        turn = [_view_frame(image, view, k / frames) for k in range(1, frames + 1)]
+        sequence += turn + [turn[-1]] * hold + turn[::-1] + [image] * hold
+    with atomic_path(output) as tmp:
+        sequence[0].save(tmp, format="GIF", save_all=True, append_images=sequence[1:], duration=50, loop=0)
+
+
+def metrics(original: Path | str, methods: dict[str, Path | str], output_json: Path | str, output_plot: Path | str) -> dict:
+    """PSNR and SSIM (data range 2 for images in [-1, 1]) of each method's estimate against the original,
+    at each noise level of the forward figure; a JSON table and a plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    forward, parameters = load_result(original)
+    x0 = forward["original"][0].permute(1, 2, 0).numpy()
+    levels = forward["timesteps"].tolist()
+    table = {"timesteps": levels, "methods": {}}
+    for method, path in methods.items():
+        estimates = load_result(path)[0]["images"]
+        rows = [estimate.clamp(-1, 1).permute(1, 2, 0).numpy() for estimate in estimates]
+        table["methods"][method] = {
+            "psnr": [float(peak_signal_noise_ratio(x0, x, data_range=2)) for x in rows],
+            "ssim": [float(structural_similarity(x0, x, data_range=2, channel_axis=2)) for x in rows],
+        }
+    with atomic_path(output_json) as tmp:
+        tmp.write_text(json.dumps(table, indent=2))
+
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3), dpi=100)
+    for method, values in table["methods"].items():
+        for ax, key in zip(axes, ("psnr", "ssim")):
+            ax.plot(levels, values[key], marker="o", label=method)
+    for ax, label in zip(axes, ("PSNR (dB)", "SSIM")):
+        ax.set_xlabel("noise level t")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    buffer = Path(output_plot).with_suffix(".tmp.png")
+    fig.savefig(buffer)
+    plt.close(fig)
+    with Image.open(buffer) as plot:
+        save_png(plot.convert("RGB"), output_plot, {"figure": "denoising_metrics", "source": parameters.get("figure"),
+                                                    "methods": list(methods)})
+    buffer.unlink()
+    return table

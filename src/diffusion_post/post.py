@@ -1,0 +1,74 @@
+r"""Render the markdown post from Jinja templates; every prompt and number comes from the config or results.
+
+Jinja uses << >>, <% %>, <# #> so that its delimiters never clash with TeX or Liquid (the site turns Liquid
+off for posts: render_with_liquid: false in site/_config.yml). Inline math is written $$...$$ inside a
+paragraph, which kramdown passes through verbatim as \(...\).
+"""
+
+import html
+import json
+import re
+from pathlib import Path
+
+import jinja2
+
+from .figures import timesteps
+from .images import atomic_path, read_parameters
+
+FIGURE_URL = "/assets/figures/{}"
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~$])")
+
+
+def escape_markdown(text: str) -> str:
+    """A prompt as literal text in markdown and HTML: escape HTML first, then markdown's special characters."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(str(text), quote=True))
+
+
+def environment(templates: Path | str) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates)),
+        block_start_string="<%", block_end_string="%>",
+        variable_start_string="<<", variable_end_string=">>",
+        comment_start_string="<#", comment_end_string="#>",
+        undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True,
+        trim_blocks=True, lstrip_blocks=True,
+    )
+    env.filters["md"] = escape_markdown
+    # no-math: MathJax must not read a `$` in a prompt as the start of an equation
+    env.filters["prompt"] = lambda text: f'<span class="no-math">“{escape_markdown(text)}”</span>'
+    env.globals["schedule_of"] = timesteps
+    env.filters["tojson"] = lambda value: json.dumps(value, ensure_ascii=False)
+    return env
+
+
+def backend_summary(models: dict) -> str:
+    """One sentence naming what made the figures; never calls an embedded-default figure DeepFloyd output."""
+    name = models.get("backend")
+    if name == "deepfloyd":
+        return (f"DeepFloyd IF through diffusers: stage I `{models['stage_1']}`, stage II `{models.get('stage_2')}`, "
+                f"prompt embeddings from `{models.get('text_encoder')}` ({models.get('dtype')})")
+    if name == "ideal":
+        return (f"the embedded ideal backend, not DeepFloyd IF: the exact denoiser over {models.get('images')} "
+                f"captioned images ({models.get('dataset')}), prompts matched by {models.get('text_encoder')}")
+    if name == "tiny":
+        return "tiny IF-shaped models with random weights (a test configuration: the pictures are noise)"
+    raise ValueError(f"unknown backend {name!r} in the figures' metadata")
+
+
+def render(config: dict, specs: dict[str, dict], figure_files: list[str], metrics: Path | str | None,
+           templates: Path | str, output: Path | str) -> None:
+    """Write the post. `figure_files` are the workflow's image files (figures/NAME.png|gif)."""
+    first_png = next(f for f in figure_files if f.endswith(".png") and Path(f).stem in specs)
+    models = read_parameters(first_png)["models"]
+    urls = {Path(f).name: FIGURE_URL.format(Path(f).name) for f in figure_files}
+    context = {
+        "post": config["post"], "seed": config["seed"], "defaults": config["defaults"], "inputs": config["inputs"],
+        "fig": specs, "url": urls, "models": models, "backend_summary": backend_summary(models),
+        "metrics": json.loads(Path(metrics).read_text()) if metrics else None,
+    }
+    text = environment(templates).get_template("post.md.j2").render(**context)
+    missing = sorted(set(urls.values()) - set(re.findall(r"/assets/figures/[^)\s\"']+", text)))
+    if missing:
+        raise ValueError(f"the post template does not show {', '.join(missing)}: add them to templates/ or remove the figures from config.yaml")
+    with atomic_path(output) as tmp:
+        tmp.write_text(text)

@@ -1,0 +1,255 @@
+"""The post templates: rendered with a fake but complete context built from the real config.yaml, and once through
+post.render end to end (tiny PNGs carrying the model description). No model runs; nothing is downloaded."""
+
+import copy
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from diffusion_post import config as post_config
+from diffusion_post import post
+from diffusion_post.images import save_png
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATES = ROOT / "templates"
+CONFIG = ROOT / "config.yaml"
+SPECIALS = "a *bold* <b>cat</b> | [x] _y_ `z` $5 #1"
+CLAIM = re.compile(r"(?<!\bnot )\b(made|generated|produced|sampled|created|rendered)\s+(with|by|using|from)\s+(the\s+)?DeepFloyd",
+                   re.IGNORECASE)  # "made with DeepFloyd", but not "not made by DeepFloyd"
+
+IDEAL = {"backend": "ideal", "dataset": "noto-color-emoji (Debian fonts-noto-color-emoji)", "images": 2291,
+         "text_encoder": "sentence-transformers/all-MiniLM-L6-v2", "temperature": 0.05, "stage": 1}
+DEEPFLOYD = {"backend": "deepfloyd", "stage_1": "DeepFloyd/IF-I-L-v1.0", "stage_2": "DeepFloyd/IF-II-L-v1.0",
+             "text_encoder": "DeepFloyd/IF-I-L-v1.0", "dtype": "float16"}
+
+
+def load_config() -> dict:
+    return yaml.safe_load(CONFIG.read_text())
+
+
+def specs_of(config: dict) -> dict[str, dict]:
+    return {name: post_config.resolve(config, name) for name in post_config.figure_table(config)}
+
+
+def fake_metrics(config: dict) -> dict:
+    levels = config["figures"]["denoising"]["forward"]["timesteps"]
+    methods = config["post"]["metrics"]["methods"]
+    return {"timesteps": levels, "methods": {
+        method: {"psnr": [30.0 - 5 * i - k + 0.123 for i in range(len(levels))],
+                 "ssim": [0.9 - 0.2 * i - 0.05 * k + 0.0004 for i in range(len(levels))]}
+        for k, method in enumerate(methods)}}
+
+
+def context(config: dict, models: dict = IDEAL, metrics: dict | None | str = "fake") -> dict:
+    specs = specs_of(config)
+    files = post_config.figure_files(config)
+    return {
+        "post": config["post"], "seed": config["seed"], "defaults": config["defaults"], "inputs": config["inputs"],
+        "fig": specs, "url": {Path(f).name: post.FIGURE_URL.format(Path(f).name) for f in files},
+        "models": models, "backend_summary": post.backend_summary(models),
+        "metrics": fake_metrics(config) if metrics == "fake" else metrics,
+    }
+
+
+def render(ctx: dict) -> str:
+    return post.environment(TEMPLATES).get_template("post.md.j2").render(**ctx)
+
+
+def split(text: str) -> tuple[dict, str]:
+    """(front matter, body)."""
+    match = re.match(r"---\n(.*?)\n---\n(.*)", text, re.DOTALL)
+    assert match, "the post must start with a YAML front matter block"
+    return yaml.safe_load(match.group(1)), match.group(2)
+
+
+def sentences(text: str) -> list[str]:
+    return [s for s in re.split(r"(?<=[.!?])\**\s+|\n\s*\n", text) if s.strip()]
+
+
+@pytest.fixture(scope="module")
+def ctx() -> dict:
+    return context(load_config())
+
+
+@pytest.fixture(scope="module")
+def text(ctx) -> str:
+    return render(ctx)
+
+
+def test_every_figure_file_is_shown_with_a_caption(ctx, text):
+    lines = text.splitlines()
+    for file, url in ctx["url"].items():
+        assert f"]({url})" in text, f"{file} is not shown"
+    images = [i for i, line in enumerate(lines) if line.startswith("![")]
+    assert len(images) == len(ctx["url"])
+    for i in images:
+        assert re.fullmatch(r"!\[[^\n]+\]\(/assets/figures/[^)\s]+\)", lines[i]), lines[i]
+        assert lines[i + 1] == "" and lines[i + 2].strip() and lines[i + 3] == "{: .caption}", lines[i:i + 4]
+
+
+def test_no_template_syntax_left(text):
+    for token in ("<<", ">>", "<%", "%>", "<#", "#>"):
+        assert token not in text, token
+
+
+def test_front_matter(ctx, text):
+    front, _ = split(text)
+    assert front["layout"] == "post"
+    assert front["require-mathjax"] is True
+    assert front["title"] == ctx["post"]["title"]
+    assert str(front["date"]) == str(ctx["post"]["date"])
+    assert front["published"] is ctx["post"]["published"]
+    assert front["tags"] == ctx["post"]["tags"]
+
+
+def test_liquid_is_off_for_posts():
+    """The post's TeX ({{, {%) is not Liquid: the site renders posts without Liquid."""
+    site_config = yaml.safe_load((ROOT / "site" / "_config.yml").read_text())
+    assert any(d.get("values", {}).get("render_with_liquid") is False for d in site_config.get("defaults", []))
+
+
+def test_display_math_is_balanced_and_set_apart(text):
+    _, body = split(text)
+    assert body.count("$$") % 2 == 0
+    lines = body.splitlines()
+    fences = [i for i, line in enumerate(lines) if line.strip() == "$$"]
+    assert fences and len(fences) % 2 == 0
+    for start, end in zip(fences[::2], fences[1::2]):
+        assert lines[start - 1] == "" and lines[end + 1] == "", lines[start - 1:end + 2]
+        assert all("$$" not in line for line in lines[start + 1:end])
+    for line in lines:  # inline math: $$...$$ pairs inside one line, never a single $ (kramdown mangles those)
+        if line.strip() != "$$":
+            assert line.count("$$") % 2 == 0, line
+            assert "$" not in re.sub(r"\$\$.*?\$\$", "", line).replace("\\$", ""), line
+
+
+def test_prompts_and_numbers_come_from_the_config():
+    config = load_config()
+    config["figures"]["denoising"]["forward"]["timesteps"] = [111, 333]
+    config["figures"]["editing"]["sdedit_test_image"]["i_starts"] = [2, 4]
+    config["figures"]["sampling"]["cfg_samples"]["guidance_scale"] = 5.5
+    config["figures"]["hybrids"]["hybrid_dog_cat"]["prompts"] = ["a zebra", "a lighthouse"]
+    config["seed"] = 4242
+    text = render(context(config))
+    assert "$$t = 111, 333$$" in text
+    assert "$$i_{\\text{start}} = 2, 4$$ ($$t = 930, 870$$)" in text
+    assert "$$\\gamma = 5.5$$" in text
+    assert "<span class=\"no-math\">“a zebra”</span>" in text and "<span class=\"no-math\">“a lighthouse”</span>" in text
+    assert "seed 4242" in text
+
+
+def test_prompts_are_escaped():
+    config = load_config()
+    config["figures"]["sampling"]["samples"]["prompt"] = SPECIALS
+    config["figures"]["anagrams"]["anagram_skull_castle"]["prompts"] = [SPECIALS, "a castle"]
+    config["figures"]["hybrids"]["hybrid_dog_cat"]["prompts"] = ["a dog", SPECIALS]
+    text = render(context(config))
+    assert SPECIALS not in text
+    assert "<b>" not in text and "*bold*" not in text
+    assert text.count(post.escape_markdown(SPECIALS)) >= 4  # captions and alt texts
+
+
+def test_ideal_backend_is_not_called_deepfloyd(text):
+    _, body = split(text)
+    assert not [s for s in sentences(body) if CLAIM.search(s)]
+    assert "not made by DeepFloyd IF" in body
+    assert "`ideal`" in body and IDEAL["text_encoder"] in body
+    assert "backend: {name: deepfloyd}" in body  # how to switch
+
+
+def test_deepfloyd_backend_names_its_models():
+    text = render(context(load_config(), models=DEEPFLOYD))
+    _, body = split(text)
+    assert [s for s in sentences(body) if CLAIM.search(s)]
+    for key in ("stage_1", "stage_2"):
+        assert f"`{DEEPFLOYD[key]}`" in body
+    assert "ideal" not in body
+
+
+def test_metrics_table(ctx, text):
+    metrics = ctx["metrics"]
+    rows = [line for line in text.splitlines() if line.startswith("|")]
+    assert len(rows) == 2 + len(metrics["methods"])
+    assert rows[0].count("PSNR") == rows[0].count("SSIM") == len(metrics["timesteps"])
+    for method, values in metrics["methods"].items():
+        row = next(r for r in rows if r.startswith(f"| {method} |"))
+        for value in values["psnr"]:
+            assert f"{value:.2f}" in row
+        for value in values["ssim"]:
+            assert f"{value:.3f}" in row
+    first = next(iter(metrics["methods"]))  # the fake metrics make the first method best everywhere
+    assert next(r for r in rows if r.startswith(f"| {first} |")).count("**") == 2 * 2 * len(metrics["timesteps"])
+
+
+def test_no_metrics_no_table(ctx):
+    text = render({**ctx, "metrics": None})
+    assert not [line for line in text.splitlines() if line.startswith("|")]
+    assert ctx["url"]["denoising_metrics.png"] in text
+
+
+def test_post_without_optional_figures():
+    """A user who removes figures still gets a post that shows every remaining one."""
+    config = load_config()
+    del config["post"]["metrics"]
+    for section, name in [("denoising", "iterative"), ("denoising", "iterative_levels"), ("editing", "inpaint_own_photo_1"),
+                          ("anagrams", "anagram_skull_castle_stage_2"), ("hybrids", "hybrid_gray_color"),
+                          ("hybrids", "hybrid_gray_color_stage_2"), ("editing", "text_edit_test_image"),
+                          ("editing", "text_edit_own_photo_1"), ("editing", "text_edit_own_photo_2")]:
+        del config["figures"][section][name]
+    ctx = context(config, metrics=None)
+    assert "anagram_skull_castle.gif" in ctx["url"]  # the stage-I anagram now has the animation
+    text = render(ctx)
+    for url in ctx["url"].values():
+        assert f"]({url})" in text
+    assert "1.7.3" not in text and "denoising_metrics" not in text
+
+
+def test_render_end_to_end(tmp_path):
+    """post.render: figure PNGs carrying the model description, a metrics file, the check that every figure is shown."""
+    import json
+
+    config = load_config()
+    specs = specs_of(config)
+    files = []
+    for file in post_config.figure_files(config):
+        path = tmp_path / file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".png":
+            save_png(Image.new("RGB", (4, 4)), path, {"figure": path.stem, "models": IDEAL})
+        else:
+            Image.new("RGB", (4, 4)).save(path)
+        files.append(str(path))
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps(fake_metrics(config)))
+    output = tmp_path / "post.md"
+    post.render(config, specs, files, metrics, TEMPLATES, output)
+    text = output.read_text()
+    assert split(text)[0]["layout"] == "post"
+    assert "not made by DeepFloyd IF" in text
+
+
+def test_rarer_options_render():
+    """Branches the shipped config does not take: three-band hybrids, other views, several samples, stage II of
+    plain samples, a non-empty unconditional prompt, a stage-I figure with a strided schedule."""
+    config = load_config()
+    figures = config["figures"]
+    figures["hybrids"]["hybrid_gray_color"].update(factorization="triple_band", prompts=["a skull", "a flower", "a cat"],
+                                                   kernel_size=25, sigmas=[1.0, 2.0])
+    figures["anagrams"]["anagram_skull_castle"].update(views=["identity", "negate"], count=2)
+    figures["anagrams"]["anagram_three_views"].update(views=["identity", "rotate_180", "flip"])
+    figures["sampling"]["cfg_samples_stage_2"] = {"technique": "upsample", "source": "cfg_samples", "num_inference_steps": 10}
+    figures["setup"]["setup_stage_1"].pop("num_inference_steps")
+    config["defaults"]["unconditional_prompt"] = "blurry <low> quality"
+    ctx = context(config)
+    text = render(ctx)
+    for url in ctx["url"].values():
+        assert f"]({url})" in text
+    assert "the band between $$\\sigma = 1$$ and $$2$$ from <span class=\"no-math\">“a flower”</span>" in text
+    assert "with its colours negated, showing <span class=\"no-math\">“a castle”</span>" in text and "for each of 2 samples" in text
+    assert "rotated by 180°, showing <span class=\"no-math\">“a cat”</span>" in text
+    assert "the unconditional prompt <span class=\"no-math\">“blurry &lt;low&gt; quality”</span>" in text
+    assert "10 evenly spaced timesteps (900, 800, ..., 0)" in text
+    assert "stage I runs the 34 timesteps 990, 960, ..., 0" in text

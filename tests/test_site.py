@@ -1,0 +1,261 @@
+"""The site as a reader sees it: a fixture post built by Jekyll, opened in headless Chromium.
+
+Tests that need jekyll, chromium or npm skip when the tool is missing, except under CI=true,
+where they run (and fail) so that a missing install step cannot pass unnoticed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from diffusion_post import site as site_mod
+from diffusion_post.site import (
+    Browser,
+    MathSpan,
+    build_site,
+    built_post_path,
+    check_page,
+    count_equations,
+    extract_math,
+    install_mathjax,
+    lint_math,
+    math_mismatches,
+    protect_inline_math,
+    serve_directory,
+)
+
+SITE = Path(__file__).resolve().parents[1] / "site"
+IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+def _needs(tool: str, available: bool | None = None):
+    available = shutil.which(tool) is not None if available is None else available
+    return pytest.mark.skipif(not available and not IN_CI, reason=f"{tool} not installed (runs under CI=true)")
+
+
+def _mathjax_fetchable() -> bool:
+    cached = list((site_mod._cache_dir(None) / "npm").glob("mathjax-3.*.tgz"))
+    return bool(cached) or (SITE / "assets/mathjax/tex-chtml.js").is_file() or shutil.which("npm") is not None
+
+
+needs_site_tools = [_needs("jekyll"), _needs("chromium"), _needs("npm", _mathjax_fetchable())]
+
+# Written the way a generator might: single-dollar math with the usual traps (`\bar{\alpha}_t`
+# twice in a paragraph -> emphasis, `\{` -> escape eaten, `|` on a paragraph's first line -> table,
+# `{{` -> Liquid). The post on the site is this after protect_inline_math.
+FIXTURE = r"""---
+layout: post
+title: "Fixture: equations and figures"
+published: true
+tags: [test, diffusion]
+require-mathjax: true
+---
+
+The forward process noises $x_0$ at a timestep $t \in \{1, \dots, T\}$ with $\bar{\alpha}_t = \prod_{s=1}^{t} \alpha_s$ and $\epsilon \sim \mathcal{N}(0, \mathbf{I})$:
+
+$$
+x_t = \sqrt{\bar{\alpha}_t}\, x_0 + \sqrt{1 - \bar{\alpha}_t}\, \epsilon, \qquad \sigma_{{t}}^2 = \frac{1 - \bar{\alpha}_{t-1}}{1 - \bar{\alpha}_t} \beta_t
+$$
+
+![Noised at t = 250, 500, 750](/assets/figures/strip.png)
+*Noised at t = 250, 500, 750.*
+
+$|x_0 - \hat{x}_0|$ is the error of the one-step estimate $$\hat{x}_0 = \frac{x_t - \sqrt{1-\bar\alpha_t}\,\hat\epsilon}{\sqrt{\bar\alpha_t}}$$, small for small $t$.
+
+$$
+\hat\epsilon = \epsilon_u + \gamma\,(\epsilon_c - \epsilon_u), \quad \boldsymbol{x} \in [-1, 1]^{3 \times 64 \times 64}
+$$
+
+![A 64 px sample](/assets/figures/sample.png)
+
+Code is not math: `$x$` and
+
+```python
+cost = "$5"  # $x_t$
+```
+"""
+
+
+# What the checks must catch: a missing figure, a script error, TeX errors.
+BROKEN = r"""---
+title: Broken
+require-mathjax: true
+---
+
+![missing](/assets/figures/missing.png)
+
+An unknown macro $$\epsilonn_t$$ and a missing argument $$\frac{a}$$.
+
+<script>throw new Error("boom");</script>
+"""
+
+
+def _png(path: Path, size: tuple[int, int], seed: int) -> None:
+    img = Image.new("RGB", size)
+    img.putdata([((x * 7 + seed) % 256, (y * 5) % 256, (x * y + seed) % 256)
+                 for y in range(size[1]) for x in range(size[0])])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+
+
+# ------------------------------------------------------------------ markdown only (always run)
+
+def test_count_equations_follows_kramdown_blocks():
+    md = "\n".join([
+        "---", "title: $not math$", "---", "",
+        "$$", "x_t = a", "$$", "",          # display: alone in its block
+        "$$c$$", "",                        # display: one line, alone
+        "Text $$a$$ and $$b$$ and $y$.", "",  # 3 inline
+        "Para", "$$", "d", "$$", "",        # no blank line before: inline in the paragraph
+        "`$$code$$` and", "```", "$$e$$ $f$", "```", "",  # code is not math
+        "<!-- $$g$$ -->", "",
+    ])
+    assert count_equations(md) == site_mod.EquationCount(display=2, inline=4)
+    assert [s.tex for s in extract_math(md)] == ["x_t = a", "c", "a", "b", "y", "d"]
+    assert extract_math(md)[0].line == 5
+
+
+def test_single_dollar_follows_mathjax_braces():
+    md = r"Set $\{ a \$ b \}$ and ${x}_{\$}$, not \$5."
+    assert [s.tex for s in extract_math(md)] == [r"\{ a \$ b \}", r"{x}_{\$}"]
+
+
+def test_protect_inline_math_makes_kramdown_math_spans():
+    md = "Error $|x - y|$ and $\\bar{\\alpha}_t$, norm $$\\|x\\|$$, `$code$`.\n\n$$\na | b\n$$\n"
+    out = protect_inline_math(md)
+    assert out == ("Error $$\\vert x - y\\vert $$ and $$\\bar{\\alpha}_t$$, norm $$\\|x\\|$$, `$code$`."
+                   "\n\n$$\na | b\n$$\n")
+    assert protect_inline_math(out) == out
+    assert count_equations(out) == count_equations(md)
+    assert lint_math(out) == []
+    assert len(lint_math(md)) == 2  # the '|' and the single-dollar \bar{\alpha}_t
+
+
+def test_math_mismatches_lists_both_sides():
+    expected = [MathSpan("a", False), MathSpan(r"\{1\}", False)]
+    assert math_mismatches(expected, [MathSpan(" a ", False), MathSpan(r"\{1\}", False)]) == []
+    assert math_mismatches(expected, [MathSpan("a", False), MathSpan("{1}", False)]) == [
+        r"in markdown, not typeset: inline \{1\}", "typeset, not in markdown: inline {1}"]
+
+
+# ------------------------------------------------------------------ the built site in a browser
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A copy of site/ with MathJax, two PNGs, the fixture post (protected) and the raw fixture."""
+    root = tmp_path_factory.mktemp("site")
+    src = root / "src"
+    shutil.copytree(SITE, src, ignore=shutil.ignore_patterns("_site", ".jekyll-cache", "_posts", "figures"))
+    install_mathjax(src)
+    _png(src / "assets/figures/strip.png", (192, 64), 0)
+    _png(src / "assets/figures/sample.png", (64, 64), 99)
+    posts = src / "_posts"
+    posts.mkdir()
+    safe = protect_inline_math(FIXTURE)
+    (posts / "2024-05-01-implementing-diffusion-models.md").write_text(safe)
+    (posts / "2024-04-01-raw-fixture.md").write_text(FIXTURE.replace("Fixture:", "Raw fixture:"))
+    (posts / "2024-03-01-broken.md").write_text(BROKEN)
+    start = time.monotonic()
+    dest = build_site(src, root / "_site")
+    build_s = time.monotonic() - start
+    return {"src": src, "dest": dest, "markdown": safe, "build_s": build_s}
+
+
+@pytest.fixture(scope="module")
+def reports(built):
+    dest = built["dest"]
+    pages = {
+        "post": built_post_path(dest, "2024-05-01-implementing-diffusion-models.md"),
+        "raw": built_post_path(dest, "2024-04-01-raw-fixture.md"),
+        "broken": built_post_path(dest, "2024-03-01-broken.md"),
+        "index": dest / "index.html",
+    }
+    with serve_directory(dest) as base, Browser() as browser:
+        return {name: browser.check(f"{base}/{path.relative_to(dest).as_posix()}") for name, path in pages.items()}
+
+
+def _site_test(fn):
+    for mark in needs_site_tools:
+        fn = mark(fn)
+    return fn
+
+
+@_site_test
+def test_every_image_loads(reports):
+    post = reports["post"]
+    assert post.images == 2
+    assert post.images_loaded == post.images, post.broken_images
+
+
+@_site_test
+def test_every_equation_is_typeset_from_its_source(built, reports):
+    post, expected = reports["post"], count_equations(built["markdown"])
+    assert expected.display == 2 and expected.inline == 7
+    assert post.mathjax_version and post.mathjax_version.startswith("3.")
+    assert (post.math, post.math_display) == (expected.total, expected.display)
+    assert math_mismatches(extract_math(built["markdown"]), post.math_spans) == []
+    assert post.math_errors == []
+
+
+@_site_test
+def test_no_errors_and_nothing_from_outside(reports):
+    for name in ("post", "index"):
+        report = reports[name]
+        assert report.js_errors == [], name
+        assert report.failed_requests == [], name
+        assert report.external_requests == [], name
+        assert report.ok, name
+
+
+@_site_test
+def test_the_check_catches_kramdown_mangling_single_dollar_math(reports):
+    raw = reports["raw"]
+    assert math_mismatches(extract_math(FIXTURE), raw.math_spans) != []
+    assert not reports["index"].mathjax_expected and reports["index"].math == 0
+
+
+@_site_test
+def test_the_check_catches_broken_figures_scripts_and_tex(reports):
+    broken = reports["broken"]
+    assert (broken.images, broken.images_loaded) == (1, 0)
+    assert broken.broken_images == ["/assets/figures/missing.png"]
+    assert any("missing.png (404)" in r for r in broken.failed_requests)
+    assert any("boom" in e for e in broken.js_errors)
+    assert len(broken.math_errors) == 2 and "epsilonn" in broken.math_errors[0]
+    assert not broken.ok
+
+
+@_site_test
+def test_check_page_serves_a_built_file_and_takes_a_screenshot(built, tmp_path):
+    page = built_post_path(built["dest"], "2024-05-01-implementing-diffusion-models.md")
+    report = check_page(page, screenshot=tmp_path / "post.png")
+    assert report.ok and report.math == count_equations(built["markdown"]).total
+    with Image.open(tmp_path / "post.png") as shot:
+        assert shot.width == 1000 and shot.height > 800  # the full page, not just the window
+
+
+@_site_test
+def test_index_lists_the_post(built):
+    index = (built["dest"] / "index.html").read_text()
+    assert 'href="/2024/05/01/implementing-diffusion-models.html"' in index
+    assert "Fixture: equations and figures" in index
+    assert built["build_s"] < 20
+
+
+@_needs("npm", _mathjax_fetchable())
+def test_install_mathjax_is_small_and_idempotent(tmp_path):
+    dest = install_mathjax(tmp_path)
+    size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
+    assert (dest / "tex-chtml.js").is_file() and (dest / "output/chtml/fonts/woff-v2").is_dir()
+    assert size < 5_000_000
+    stamp = (dest / ".installed.json").stat().st_mtime_ns
+    start = time.monotonic()
+    assert install_mathjax(tmp_path) == dest
+    assert time.monotonic() - start < 0.5
+    assert (dest / ".installed.json").stat().st_mtime_ns == stamp

@@ -1,0 +1,67 @@
+# Cheap layout rules: re-laying out a figure never reruns a model.
+
+
+rule figure:
+    """A figure: the images of one result, tiled left to right."""
+    input:
+        result="results/{figure}.safetensors",
+        code=code("layout.py", "images.py"),
+    output:
+        "figures/{figure}.png",
+    wildcard_constraints:
+        figure="|".join(FIGURES),
+    run:
+        from diffusion_post import layout
+
+        layout.figure(input.result, output[0])
+
+
+rule figure_panel:
+    """A second panel of a result (the iterative-denoising comparison)."""
+    input:
+        result="results/{figure}.safetensors",
+        code=code("layout.py", "images.py"),
+    output:
+        "figures/{figure}-{panel}.png",
+    wildcard_constraints:
+        figure="|".join(FIGURES),
+        panel="comparison",
+    run:
+        from diffusion_post import layout
+
+        layout.figure(input.result, output[0], key=wildcards.panel)
+
+
+rule animation:
+    """A visual anagram turning into its other views and back."""
+    input:
+        result="results/{figure}.safetensors",
+        code=code("layout.py", "images.py"),
+    output:
+        "figures/{figure}.gif",
+    wildcard_constraints:
+        figure="|".join(FIGURES),
+    params:
+        views=lambda w: SPECS[w.figure]["views"],
+    run:
+        from diffusion_post import layout
+
+        layout.animation(input.result, output[0], params.views)
+
+
+rule denoising_metrics:
+    """PSNR and SSIM of blur, one-step and iterative denoising against the original, per noise level."""
+    input:
+        original=lambda w: f"results/{config['post']['metrics']['source']}.safetensors",
+        methods=lambda w: [f"results/{f}.safetensors" for f in config["post"]["metrics"]["methods"].values()],
+        code=code("layout.py", "images.py"),
+    output:
+        table="results/denoising_metrics.json",
+        plot="figures/denoising_metrics.png",
+    params:
+        methods=config["post"].get("metrics", {}).get("methods", {}),
+    run:
+        from diffusion_post import layout
+
+        layout.metrics(input.original, {m: f"results/{f}.safetensors" for m, f in params.methods.items()},
+                       output.table, output.plot)

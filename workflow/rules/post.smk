@@ -1,0 +1,50 @@
+# The markdown post (Jinja templates) and the Jekyll site.
+
+POST = f"site/_posts/{config['post']['date']}-implementing-diffusion-models.md"
+TEMPLATES = sorted(str(p) for p in Path("templates").rglob("*.j2"))
+SITE_SOURCES = sorted(str(p) for p in Path("site").rglob("*") if p.is_file() and p.parts[1] in ("_layouts", "_includes", "_config.yml", "index.md", "assets") and "figures" not in p.parts and "mathjax" not in p.parts)
+
+
+rule post:
+    """The post: templates rendered with every figure's parameters and the denoising metrics."""
+    input:
+        figures=figure_files(),
+        metrics="results/denoising_metrics.json" if "metrics" in config["post"] else [],
+        templates=TEMPLATES,
+        code=code("post.py"),
+    output:
+        POST,
+    params:
+        specs=SPECS,
+        post=config["post"],
+        inputs=config["inputs"],
+    run:
+        from diffusion_post import post
+
+        post.render(config, params.specs, input.figures, input.metrics or None, "templates", output[0])
+
+
+rule mathjax:
+    """MathJax 3, served by the site itself (from the npm registry, once)."""
+    output:
+        "site/assets/mathjax/tex-chtml.js",
+    run:
+        from diffusion_post import site
+
+        site.install_mathjax("site")
+
+
+rule site:
+    """The Jekyll site in site/_site: figures copied to site/assets/figures, then `jekyll build`."""
+    input:
+        post=POST,
+        figures=figure_files(),
+        mathjax="site/assets/mathjax/tex-chtml.js",
+        sources=SITE_SOURCES,
+    output:
+        "site/_site/index.html",
+    run:
+        from diffusion_post import site
+
+        site.publish_figures(input.figures, "site/assets/figures")
+        site.build_site("site")

@@ -1,0 +1,45 @@
+# The sampling rules, one per section of the post. Each writes results/<figure>.safetensors (raw tensors and
+# the parameters that made them); figures.smk lays them out. A rule gets only its figure's parameters, so
+# editing one prompt reruns only the figures that use it.
+
+
+rule input_image:
+    """An input image the project ships (inputs: builtin:NAME)."""
+    output:
+        "results/inputs/{name}.png",
+    run:
+        from diffusion_post.build import write_builtin_input
+
+        write_builtin_input(wildcards.name, output[0])
+
+
+# One sampling rule per section of the post (a figure's section is where config.yaml lists it).
+SECTIONS = {
+    "setup": "Section 0: stage I text-to-image and its stage-II upsampling.",
+    "denoising": "Sections 1.1-1.4: forward process, blur, one-step and iterative denoising.",
+    "sampling": "Sections 1.5-1.6: sampling from noise, without and with classifier-free guidance.",
+    "editing": "Section 1.7: SDEdit of photos and drawings, inpainting, text-guided editing.",
+    "anagrams": "Section 1.8: visual anagrams, with their stage-II upsampling.",
+    "hybrids": "Section 1.9: hybrid images (factorized diffusion), with their stage-II upsampling.",
+}
+
+for section, about in SECTIONS.items():
+
+    rule:
+        name:
+            f"sample_{section}"
+        input:
+            unpack(sampling_inputs),
+        output:
+            "results/{figure}.safetensors",
+        wildcard_constraints:
+            figure=figures_in(section) or "^$",
+        params:
+            spec=lambda w: SPECS[w.figure],
+            backend=config["backend"],
+        resources:
+            gpu=1,
+        message:
+            about
+        run:
+            sample_figure(wildcards, input, output, params)
