@@ -1,10 +1,8 @@
 """What the workflow's rules call: one function per kind of target."""
 
-from pathlib import Path
-
 from . import __version__, figures
 from .backends import load_backend
-from .images import load_image, load_result, save_result
+from .images import atomic_path, load_image, load_result, save_result
 
 
 def make_result(name: str, spec: dict, backend: dict, inputs: dict[str, str], source: str | None, output: str,
@@ -18,11 +16,13 @@ def make_result(name: str, spec: dict, backend: dict, inputs: dict[str, str], so
         source=load_result(source)[0] if source else None,
     )
     tensors = figures.make(ctx)
-    save_result(tensors, output, {"figure": name, **spec, "models": cascade.description, "diffusion_post": __version__})
+    parameters = {"figure": name, **spec, "timesteps_sampled": figures.timesteps(spec), "models": cascade.description,
+                  "diffusion_post": __version__}
+    save_result(tensors, output, parameters)
 
 
 def write_builtin_input(name: str, output: str) -> None:
-    from .data.inputs import write_default_input
+    from .data.inputs import default_input
 
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    write_default_input(name, output)
+    with atomic_path(output) as tmp:
+        default_input(name).save(tmp, format="PNG")

@@ -78,9 +78,9 @@ def read_parameters(path: Path | str) -> dict:
 
 
 def save_result(tensors: dict[str, Tensor], path: Path | str, parameters: dict) -> None:
-    """Raw sampling output (float tensors) with its parameters, written atomically."""
+    """Raw sampling output (float32 images, integer timesteps) with its parameters, written atomically."""
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
+        save_file({k: (v.float() if v.is_floating_point() else v).detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
                   metadata={METADATA_KEY: json.dumps(parameters, sort_keys=True)})
 
 

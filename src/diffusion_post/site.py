@@ -229,6 +229,20 @@ def build_site(
     return out
 
 
+def publish_figures(files: Sequence[str | os.PathLike], dest: str | os.PathLike) -> None:
+    """Make `dest` hold exactly `files` (the post's figures), copying only those that changed."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    names = {Path(f).name for f in files}
+    for stale in dest.iterdir():
+        if stale.name not in names:
+            stale.unlink()
+    for f in map(Path, files):
+        target = dest / f.name
+        if not target.exists() or target.read_bytes() != f.read_bytes():
+            shutil.copyfile(f, target)
+
+
 def _strip_ansi(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
 

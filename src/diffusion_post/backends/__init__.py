@@ -20,9 +20,13 @@ def _load(backend: dict) -> Cascade:
     cache = Path(backend.get("cache_dir", ".cache"))
     name = backend["name"]
     if name == "ideal":
+        from ..data.inputs import write_captioned_inputs
         from .ideal import load_ideal
 
-        return load_ideal(cache_dir=cache)
+        folders = [Path(f) for f in backend.get("images", [])]
+        if backend.get("include_inputs", False):
+            folders.append(write_captioned_inputs(cache / "ideal" / "inputs"))
+        return load_ideal(cache_dir=cache, images=folders, temperature=backend.get("temperature", 0.02))
     from .deepfloyd import load_cascade
 
     if name == "tiny":

@@ -4,6 +4,7 @@ The text encoder is loaded only when a prompt is not cached yet, so sampling run
 """
 
 import hashlib
+import os
 import re
 from pathlib import Path
 from typing import Callable, Sequence
@@ -43,7 +44,7 @@ class PromptCache:
         """Write one prompt's (1, ...) embedding atomically."""
         self.folder.mkdir(parents=True, exist_ok=True)
         target = self.path(prompt)
-        tmp = target.with_suffix(".tmp")
+        tmp = target.with_suffix(f".{os.getpid()}.tmp")
         save_file({"embeds": embeds.detach().cpu().contiguous()}, str(tmp), metadata={"prompt": prompt})
         tmp.replace(target)
 

@@ -27,13 +27,16 @@ def _tokenizer():
 
 
 def _unet(stage: int, sample_size: int, text_dim: int):
+    """diffusers' own tiny IF UNet (REFERENCE §3); stage II gets two more resolution levels so that its attention
+    runs at 1/8 of the 256-px size, as the real IF-II does, instead of over 128 x 128 tokens."""
     from diffusers import UNet2DConditionModel
 
+    levels = 2 if stage == 1 else 4
     return UNet2DConditionModel(
-        sample_size=sample_size, layers_per_block=1 if stage == 1 else [1, 2], block_out_channels=[32, 64],
-        down_block_types=["ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"],
+        sample_size=sample_size, layers_per_block=1, block_out_channels=[32, 64] if stage == 1 else [8, 16, 32, 64],
+        down_block_types=["ResnetDownsampleBlock2D"] * (levels - 1) + ["SimpleCrossAttnDownBlock2D"],
         mid_block_type="UNetMidBlock2DSimpleCrossAttn",
-        up_block_types=["SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"],
+        up_block_types=["SimpleCrossAttnUpBlock2D"] + ["ResnetUpsampleBlock2D"] * (levels - 1),
         in_channels=3 if stage == 1 else 6, out_channels=6, cross_attention_dim=32, encoder_hid_dim=text_dim,
         attention_head_dim=8, addition_embed_type="text", addition_embed_type_num_heads=2,
         cross_attention_norm="group_norm", resnet_time_scale_shift="scale_shift", act_fn="gelu",
@@ -58,7 +61,7 @@ def make_tiny_if(folder: Path | str, seed: int = 0, stage_1_size: int = 64, stag
     folder = Path(folder)
     stage_1, stage_2 = folder / "stage_1", folder / "stage_2"
     marker = folder / "tiny.json"
-    spec = {"seed": seed, "stage_1_size": stage_1_size, "stage_2_size": stage_2_size}
+    spec = {"seed": seed, "stage_1_size": stage_1_size, "stage_2_size": stage_2_size, "layout": 3}
     if marker.exists() and json.loads(marker.read_text()) == spec:
         return stage_1, stage_2
 

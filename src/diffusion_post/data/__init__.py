@@ -1,0 +1,1 @@
+"""Embedded data: the captioned emoji image set of the ideal backend and the default input images."""

