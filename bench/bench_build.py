@@ -8,7 +8,6 @@ and the overhead ratio build / sampling.
 """
 
 import argparse
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -17,21 +16,9 @@ from pathlib import Path
 
 import yaml
 
+from diffusion_post.project import copy_project
+
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT = ("Snakefile", "config.yaml", "workflow", "profiles", "templates", "site")
-
-
-def copy_project(dest: Path, cache_dir: Path) -> None:
-    for name in PROJECT:
-        source = ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("_site", "_posts", "figures", ".jekyll-cache"))
-        else:
-            shutil.copy(source, dest / name)
-    (dest / "src").symlink_to(ROOT / "src")
-    config = yaml.safe_load((dest / "config.yaml").read_text())
-    config["backend"]["cache_dir"] = str(cache_dir)
-    (dest / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 def timed(command: list[str], cwd: Path) -> float:
@@ -67,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        copy_project(work, Path(args.cache_dir))
+        copy_project(ROOT, work, Path(args.cache_dir))
         out = subprocess.run([sys.executable, "-c", SAMPLING], cwd=work, check=True, capture_output=True, text=True).stdout
         load, sampling = map(float, out.split()[-2:])
         build = timed([sys.executable, "-m", "snakemake", "--cores", "1"], work)

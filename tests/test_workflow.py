@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from diffusion_post import config as post_config
+from diffusion_post.project import copy_project
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT = ("Snakefile", "config.yaml", "workflow", "profiles", "templates", "site")
 
 pytestmark = pytest.mark.skipif(
     not os.environ.get("CI") and not (shutil.which("jekyll") and shutil.which("chromium")),
@@ -43,16 +43,7 @@ def digest(path: Path) -> str:
 def build(tmp_path_factory) -> Path:
     """A copy of the project, built once. The backend's caches (emoji set, prompt embeddings) are shared."""
     root = tmp_path_factory.mktemp("post")
-    for name in PROJECT:
-        source = ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("_site", "_posts", "figures", ".jekyll-cache"))
-        else:
-            shutil.copy(source, root / name)
-    (root / "src").symlink_to(ROOT / "src")
-    config = yaml.safe_load((root / "config.yaml").read_text())
-    config["backend"]["cache_dir"] = str(ROOT / ".cache")
-    (root / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    copy_project(ROOT, root, ROOT / ".cache")
     snakemake(root, "--cores", "1")
     return root
 

@@ -1,4 +1,4 @@
-"""What the workflow's rules call: one function per kind of target."""
+"""What the workflow's sampling rules call."""
 
 from . import __version__, figures
 from .backends import load_backend
@@ -26,3 +26,4 @@ def write_builtin_input(name: str, output: str) -> None:
 
     with atomic_path(output) as tmp:
         default_input(name).save(tmp, format="PNG")
+
