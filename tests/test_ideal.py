@@ -58,7 +58,7 @@ def cascade(tmp_path_factory):
         for k, (caption, spec) in enumerate(SHAPES.items()):
             draw_shape(*spec).save(folder / f"{k}.png")
             csv.writer(f).writerow([f"{k}.png", caption])
-    return load_ideal(tmp_path_factory.mktemp("cache"), images=folder, emoji=False, encoder=bag_of_words_encoder,
+    return load_ideal(tmp_path_factory.mktemp("cache"), images=[folder], emoji=False, encoder=bag_of_words_encoder,
                       encoder_name="bag-of-words-test")
 
 

@@ -301,7 +301,7 @@ def load_ideal(cache_dir: Path | str = ".cache", images: Sequence[Path | str] = 
     caption_embeds = caption_embeddings(captions, cache_dir, encoder_name, make_encoder)
     image_set = ImageSet(set_images, captions, caption_embeds, temperature, cache_dir)
 
-    dataset = " + ".join((["noto-color-emoji (Debian fonts-noto-color-emoji)"] if emoji else []) + [str(f) for f in images])
+    dataset = " + ".join((["noto-color-emoji (Debian fonts-noto-color-emoji)"] if emoji else []) + [Path(f).name for f in images])
     description = {"backend": "ideal", "dataset": dataset, "images": len(image_set), "text_encoder": TEXT_ENCODER,
                    "temperature": temperature}
     lowres_alphas_cumprod = cosine_alphas_cumprod()  # IF's image-noising scheduler uses the same cosine schedule
