@@ -82,7 +82,14 @@ def load_cascade(stage_1: str, stage_2: str | None, text_encoder: str | None = N
     prompts = PromptCache(cache_dir, text_encoder, lambda: t5_encoder(text_encoder, device, dtype))
 
     def denoiser(model_id: str, stage: str) -> IFDenoiser:
-        unet = _load(UNet2DConditionModel, model_id, subfolder="unet", variant=variant, dtype=dtype).to(device).eval()
+        try:
+            unet = _load(UNet2DConditionModel, model_id, subfolder="unet", variant=variant, dtype=dtype)
+        except ModelUnavailable:
+            if variant is None:
+                raise
+            # no fp16 files (a local fp32 folder such as the tiny models): load the default weights as fp16
+            unet = _load(UNet2DConditionModel, model_id, subfolder="unet", dtype=dtype)
+        unet = unet.to(device).eval()
         scheduler = _load(DDPMScheduler, model_id, subfolder="scheduler")
         return IFDenoiser(unet, scheduler.alphas_cumprod, prompts, {"backend": backend, stage: model_id})
 
