@@ -12,7 +12,7 @@ except post_config.ConfigError as error:
 
 FIGURES = post_config.figure_table(config)  # name -> (section, own parameters)
 SPECS = {name: post_config.resolve(config, name) for name in FIGURES}
-PACKAGE = Path(workflow.basedir) / "src" / "diffusion_post"
+PACKAGE = Path("src/diffusion_post")  # relative, so a moved or copied project keeps its build state
 # Not used by sampling jobs: their edits must not rerun the models.
 NOT_SAMPLING = {"layout.py", "post.py", "site.py", "cli.py", "config.py", "project.py"}
 OTHER_BACKENDS = {"ideal": {"deepfloyd.py", "tiny.py"}, "deepfloyd": {"ideal.py", "tiny.py"}, "tiny": {"ideal.py"}}

@@ -13,7 +13,7 @@ rule input_image:
         write_builtin_input(wildcards.name, output[0])
 
 
-# One sampling rule per section of the post (a figure's section is where config.yaml lists it).
+# One sampling rule per section of the post, sample_<section> (a figure's section is where config.yaml lists it):
 SECTIONS = {
     "setup": "Section 0: stage I text-to-image and its stage-II upsampling.",
     "denoising": "Sections 1.1-1.4: forward process, blur, one-step and iterative denoising.",
@@ -23,7 +23,7 @@ SECTIONS = {
     "hybrids": "Section 1.9: hybrid images (factorized diffusion), with their stage-II upsampling.",
 }
 
-for section, about in SECTIONS.items():
+for section in SECTIONS:
 
     rule:
         name:
@@ -39,7 +39,5 @@ for section, about in SECTIONS.items():
             backend=config["backend"],
         resources:
             gpu=1,
-        message:
-            about
         run:
             sample_figure(wildcards, input, output, params)
