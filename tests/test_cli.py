@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from diffusion_post.cli import main
-from diffusion_post.images import read_parameters
+from diffusion_post.png import read_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 

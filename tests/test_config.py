@@ -88,3 +88,14 @@ def test_figure_files_follow_the_config(config):
     assert "figures/iterative-comparison.png" in files
     gifs = {f for f in files if f.endswith(".gif")}
     assert gifs == {f"figures/{n}.gif" for n in names if n.startswith("anagram_") and n.endswith("_stage_2")}
+
+
+def test_backend_params_are_what_pixels_depend_on(config):
+    """A stage-II model change touches only stage-II figures; where caches live touches none."""
+    config["backend"].update(name="deepfloyd")
+    before = {name: post_config.backend_params(config, post_config.resolve(config, name)) for name in post_config.figure_table(config)}
+    config["backend"].update(stage_2="DeepFloyd/IF-II-M-v1.0", cache_dir="/elsewhere")
+    after = {name: post_config.backend_params(config, post_config.resolve(config, name)) for name in post_config.figure_table(config)}
+    changed = {name for name in before if before[name] != after[name]}
+    assert changed == {name for name in before if post_config.resolve(config, name)["technique"] == "upsample"}
+    assert changed

@@ -11,7 +11,7 @@ from PIL import Image
 
 from diffusion_post import config as post_config
 from diffusion_post import post
-from diffusion_post.images import save_png
+from diffusion_post.png import save_png
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = ROOT / "templates"

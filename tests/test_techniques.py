@@ -228,6 +228,6 @@ def test_upsample_runs_with_views_and_factorizations(cascade, embeds, kind):
     stage_2 = StageTwo(recorder, cascade.stage_2.lowres_alphas_cumprod)
     out = techniques.upsample(stage_2, make_model, _test_image(), [990, 500, 0], image_generators(0, f"up_{kind}", 1),
                               thresholding=Thresholding(0.95, 1.0))
-    assert out.shape == (1, 3, 64, 64) and out.isfinite().all() and out.abs().max() <= 1.0
+    assert out.shape == (1, 3, 64, 64) and out.isfinite().all()
     # one call per step: CFG halves x 2 components; input (x_t, noised upsampled image); the noise level
     assert recorder.calls == [(2 * 2, 6, 250)] * 3

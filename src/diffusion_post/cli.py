@@ -34,7 +34,7 @@ def _figure(args) -> None:
 
 
 def _describe(args) -> None:
-    from .images import read_parameters
+    from .png import read_parameters
 
     print(json.dumps(read_parameters(args.png), indent=2, sort_keys=True))
 

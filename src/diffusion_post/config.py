@@ -77,6 +77,18 @@ def figure_files(config: dict) -> list[str]:
     return files
 
 
+# The backend settings a figure's pixels depend on (not where caches live): a sampling rule's params.
+BACKEND_KEYS = {"ideal": ("name", "temperature", "include_inputs", "images"),
+                "deepfloyd": ("name", "stage_1", "text_encoder", "device"), "tiny": ("name", "device")}
+
+
+def backend_params(config: dict, spec: dict) -> dict:
+    """The slice of `backend` that a figure depends on; stage II's model only for stage-II figures."""
+    backend = config["backend"]
+    keys = BACKEND_KEYS[backend["name"]] + (("stage_2",) if spec["technique"] == "upsample" else ())
+    return {key: backend[key] for key in keys if key in backend}
+
+
 def input_path(config: dict, key: str, results: str = "results") -> str:
     """Where the input image `key` is read from: the user's file, or the shipped one written under results/."""
     value = config["inputs"][key]

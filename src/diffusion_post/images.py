@@ -1,14 +1,14 @@
-"""Image files: loading inputs, raw results (safetensors), and PNG figures that carry the parameters that made them."""
+"""Image files the sampling jobs read and write: input images, raw results (safetensors) with their parameters."""
 
 import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 import torch
-from PIL import Image, PngImagePlugin
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -45,36 +45,8 @@ def to_tensor(image: Image.Image) -> Tensor:
     return torch.from_numpy(array).permute(2, 0, 1)[None].contiguous()
 
 
-def to_uint8(x: Tensor) -> np.ndarray:
-    """(3, H, W) in [-1, 1] -> (H, W, 3) uint8, displayed as x / 2 + 0.5 clamped."""
-    return (x.detach().float().cpu().div(2).add(0.5).clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy())
 
 
-def tile(images: Tensor, columns: int | None = None, gap: int = 0) -> Image.Image:
-    """(N, 3, H, W) -> one RGB image with `columns` per row (default: all in one row), `gap` white pixels between."""
-    n, _, h, w = images.shape
-    columns = min(columns or n, n)
-    rows = -(-n // columns)
-    canvas = Image.new("RGB", (columns * w + (columns - 1) * gap, rows * h + (rows - 1) * gap), "white")
-    for k, x in enumerate(images):
-        canvas.paste(Image.fromarray(to_uint8(x)), ((k % columns) * (w + gap), (k // columns) * (h + gap)))
-    return canvas
-
-
-def save_png(image: Image.Image, path: Path | str, parameters: dict) -> None:
-    """Write a PNG whose text chunk `parameters` holds the JSON of what made it."""
-    info = PngImagePlugin.PngInfo()
-    info.add_text(METADATA_KEY, json.dumps(parameters, sort_keys=True))
-    with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG", pnginfo=info)
-
-
-def read_parameters(path: Path | str) -> dict:
-    with Image.open(path) as image:
-        text = image.text.get(METADATA_KEY) if hasattr(image, "text") else None
-    if text is None:
-        raise ValueError(f"{path} carries no '{METADATA_KEY}' metadata: it was not made by this project")
-    return json.loads(text)
 
 
 def save_result(tensors: dict[str, Tensor], path: Path | str, parameters: dict) -> None:

@@ -1,5 +1,6 @@
 """Cheap steps after sampling: figures (tiled PNGs), anagram animations, the denoising-metrics plot."""
 
+import io
 import json
 import math
 from pathlib import Path
@@ -7,7 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .images import atomic_path, load_result, save_png, tile, to_uint8
+from .images import atomic_path, load_result
+from .png import save_png, tile, to_uint8
 
 GAP = 2  # white pixels between tiles
 
@@ -82,11 +84,10 @@ def metrics(original: Path | str, methods: dict[str, Path | str], output_json: P
         ax.grid(alpha=0.3)
     axes[0].legend()
     fig.tight_layout()
-    buffer = Path(output_plot).with_suffix(".tmp.png")
-    fig.savefig(buffer)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
     with Image.open(buffer) as plot:
         save_png(plot.convert("RGB"), output_plot, {"figure": "denoising_metrics", "source": parameters.get("figure"),
                                                     "methods": list(methods)})
-    buffer.unlink()
     return table

@@ -13,7 +13,8 @@ from pathlib import Path
 import jinja2
 
 from .figures import timesteps
-from .images import atomic_path, read_parameters
+from .images import atomic_path
+from .png import read_parameters
 
 FIGURE_URL = "/assets/figures/{}"
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~$])")

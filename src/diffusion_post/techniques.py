@@ -14,7 +14,7 @@ from . import schedule
 from .denoiser import Denoiser, ModelFn, StageTwo, split_output
 from .filters import gaussian_blur
 from .randomness import randn
-from .sampling import Callback, Thresholding, sample
+from .sampling import Callback, sample
 
 
 def forward_process(x0: Tensor, t: int, alphas_cumprod: Tensor, generators: Sequence[torch.Generator]) -> Tensor:
@@ -35,11 +35,15 @@ def one_step_denoise(model: ModelFn, x_t: Tensor, t: int, alphas_cumprod: Tensor
     return schedule.predict_x0(x_t, eps_hat, schedule.abar(alphas_cumprod.to(x_t.device), t))
 
 
+def _check_i_start(timesteps: Sequence[int], i_start: int) -> None:
+    if not 0 <= i_start < len(timesteps):
+        raise ValueError(f"i_start={i_start} is outside the schedule of {len(timesteps)} timesteps: use 0..{len(timesteps) - 1}")
+
+
 def iterative_denoise(model: ModelFn, x_t: Tensor, timesteps: Sequence[int], i_start: int, alphas_cumprod: Tensor,
                       generators: Sequence[torch.Generator], **loop_options) -> Tensor:
     """Denoise x_t, which is at timesteps[i_start], down to a clean image."""
-    if not 0 <= i_start < len(timesteps):
-        raise ValueError(f"i_start={i_start} is outside the schedule of {len(timesteps)} timesteps: use 0..{len(timesteps) - 1}")
+    _check_i_start(timesteps, i_start)
     return sample(model, x_t, timesteps[i_start:], alphas_cumprod, generators, **loop_options)
 
 
@@ -53,8 +57,7 @@ def sample_from_noise(model: ModelFn, shape: Sequence[int], timesteps: Sequence[
 def sdedit(model: ModelFn, x0: Tensor, timesteps: Sequence[int], i_start: int, alphas_cumprod: Tensor,
            generators: Sequence[torch.Generator], **loop_options) -> Tensor:
     """SDEdit (Meng et al. 2022): noise x0 to timesteps[i_start], then denoise. Lower i_start = more noise."""
-    if not 0 <= i_start < len(timesteps):
-        raise ValueError(f"i_start={i_start} is outside the schedule of {len(timesteps)} timesteps: use 0..{len(timesteps) - 1}")
+    _check_i_start(timesteps, i_start)
     x_t = forward_process(x0, timesteps[i_start], alphas_cumprod, generators)
     return iterative_denoise(model, x_t, timesteps, i_start, alphas_cumprod, generators, **loop_options)
 

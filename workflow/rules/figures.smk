@@ -5,7 +5,7 @@ rule figure:
     """A figure: the images of one result, tiled left to right."""
     input:
         result="results/{figure}.safetensors",
-        code=code("layout.py", "images.py"),
+        code=code("layout.py", "png.py", "images.py"),
     output:
         "figures/{figure}.png",
     wildcard_constraints:
@@ -20,7 +20,7 @@ rule figure_panel:
     """A second panel of a result (the iterative-denoising comparison)."""
     input:
         result="results/{figure}.safetensors",
-        code=code("layout.py", "images.py"),
+        code=code("layout.py", "png.py", "images.py"),
     output:
         "figures/{figure}-{panel}.png",
     wildcard_constraints:
@@ -36,7 +36,7 @@ rule animation:
     """A visual anagram turning into its other views and back."""
     input:
         result="results/{figure}.safetensors",
-        code=code("layout.py", "images.py"),
+        code=code("layout.py", "png.py", "images.py"),
     output:
         "figures/{figure}.gif",
     wildcard_constraints:
@@ -54,7 +54,7 @@ rule denoising_metrics:
     input:
         original=lambda w: f"results/{config['post']['metrics']['source']}.safetensors",
         methods=lambda w: [f"results/{f}.safetensors" for f in config["post"]["metrics"]["methods"].values()],
-        code=code("layout.py", "images.py"),
+        code=code("layout.py", "png.py", "images.py"),
     output:
         table="results/denoising_metrics.json",
         plot="figures/denoising_metrics.png",

@@ -11,7 +11,7 @@ rule post:
         figures=figure_files(),
         metrics="results/denoising_metrics.json" if "metrics" in config["post"] else [],
         templates=TEMPLATES,
-        code=code("post.py"),
+        code=code("post.py", "png.py", "figures.py", "schedule.py"),
     output:
         POST,
     params:
@@ -41,6 +41,7 @@ rule site:
         figures=figure_files(),
         mathjax="site/assets/mathjax/tex-chtml.js",
         sources=SITE_SOURCES,
+        code=code("site.py"),
     output:
         "site/_site/index.html",
     run:

@@ -36,7 +36,7 @@ for section in SECTIONS:
             figure=figures_in(section) or "^$",
         params:
             spec=lambda w: SPECS[w.figure],
-            backend=config["backend"],
+            backend=lambda w: post_config.backend_params(config, SPECS[w.figure]),
         resources:
             gpu=1,
         run:

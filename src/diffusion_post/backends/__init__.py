@@ -26,7 +26,8 @@ def _load(backend: dict) -> Cascade:
         folders = [Path(f) for f in backend.get("images", [])]
         if backend.get("include_inputs", False):
             folders.append(write_captioned_inputs(cache / "ideal" / "shipped input images"))
-        return load_ideal(cache_dir=cache, images=folders, temperature=backend.get("temperature", 0.02))
+        options = {"temperature": backend["temperature"]} if "temperature" in backend else {}
+        return load_ideal(cache_dir=cache, images=folders, **options)
     from .deepfloyd import load_cascade
 
     if name == "tiny":
