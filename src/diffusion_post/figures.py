@@ -13,7 +13,7 @@ from torch import Tensor
 
 from . import guidance, schedule, techniques
 from .denoiser import Cascade, Denoiser, ModelFn
-from .filters import factorization
+from .filters import Filter, factorization
 from .randomness import image_generators
 from .sampling import Thresholding
 from .views import get_view
@@ -52,8 +52,15 @@ def prompts_of(spec: dict) -> list[str]:
     return spec["prompts"] if "prompts" in spec else [spec["prompt"]]
 
 
-def guide(ctx: Context, spec: dict, image_index: int = 0) -> Callable[[Denoiser], ModelFn]:
+def components(spec: dict) -> list[Filter]:
+    """The filters of a hybrid figure's factorization (sigmas only for triple_band)."""
+    extra = {"sigmas": tuple(spec["sigmas"])} if "sigmas" in spec else {}
+    return factorization(spec["factorization"], spec["kernel_size"], spec["sigma"], **extra)
+
+
+def guide(ctx: Context, image_index: int = 0) -> Callable[[Denoiser], ModelFn]:
     """The conditioning of a figure as a function of the denoiser, so stage II can reuse stage I's."""
+    spec = ctx.spec
     scale = spec.get("guidance_scale")
     uncond = ctx.embed([spec["unconditional_prompt"]]) if scale is not None else None
     technique = spec.get("source_technique", spec["technique"])
@@ -62,9 +69,9 @@ def guide(ctx: Context, spec: dict, image_index: int = 0) -> Callable[[Denoiser]
         conds = ctx.embed(spec["prompts"])
         return lambda d: guidance.anagram(d, views, conds, uncond, scale)
     if technique == "hybrid":
-        components = factorization(spec["factorization"], spec["kernel_size"], spec["sigma"], tuple(spec.get("sigmas", (1.0, 2.0))))
+        parts = components(spec)
         conds = ctx.embed(spec["prompts"])
-        return lambda d: guidance.factorized(d, components, conds, uncond, scale)
+        return lambda d: guidance.factorized(d, parts, conds, uncond, scale)
     prompts = prompts_of(spec)
     cond = ctx.embed([prompts[image_index % len(prompts)]])
     if scale is None:
@@ -87,14 +94,14 @@ def text_to_image(ctx: Context) -> dict[str, Tensor]:
     """Stage I from noise, one image per prompt."""
     prompts = prompts_of(ctx.spec)
     gens = ctx.generators(len(prompts))
-    images = [_from_noise(ctx, guide(ctx, ctx.spec, k)(ctx.cascade.stage_1), [g]) for k, g in enumerate(gens)]
+    images = [_from_noise(ctx, guide(ctx, k)(ctx.cascade.stage_1), [g]) for k, g in enumerate(gens)]
     return {"images": torch.cat(images)}
 
 
 def sample(ctx: Context) -> dict[str, Tensor]:
     """`count` samples of one prompt from pure noise, batched (each with its own generator)."""
     count = ctx.spec["count"]
-    return {"images": _from_noise(ctx, guide(ctx, ctx.spec)(ctx.cascade.stage_1), ctx.generators(count))}
+    return {"images": _from_noise(ctx, guide(ctx)(ctx.cascade.stage_1), ctx.generators(count))}
 
 
 def anagram(ctx: Context) -> dict[str, Tensor]:
@@ -119,7 +126,7 @@ def upsample(ctx: Context) -> dict[str, Tensor]:
         raise ValueError(f"figure {ctx.name}: the backend has no stage II; use a backend with stage_2 set")
     low = ctx.source.get("samples", ctx.source["images"]).to(_device(stage_2.denoiser))
     gens = ctx.generators(len(low))
-    samples = torch.cat([techniques.upsample(stage_2, guide(ctx, ctx.spec, k), low[k:k + 1], timesteps(ctx.spec), [g],
+    samples = torch.cat([techniques.upsample(stage_2, guide(ctx, k), low[k:k + 1], timesteps(ctx.spec), [g],
                                              noise_level=ctx.spec["noise_level"], **ctx.loop_options(2))
                          for k, g in enumerate(gens)])
     if ctx.spec.get("source_technique") == "anagram":
@@ -144,7 +151,7 @@ def blur(ctx: Context) -> dict[str, Tensor]:
 def one_step(ctx: Context) -> dict[str, Tensor]:
     """x0_hat from one noise estimate at each noisy image's own t."""
     stage_1 = ctx.cascade.stage_1
-    model = guide(ctx, ctx.spec)(stage_1)
+    model = guide(ctx)(stage_1)
     noisy, ts = ctx.source["noisy"].to(_device(stage_1)), ctx.source["timesteps"].tolist()
     images = [techniques.one_step_denoise(model, x[None], t, stage_1.alphas_cumprod) for x, t in zip(noisy, ts)]
     return {"images": torch.cat(images)}
@@ -159,7 +166,7 @@ def iterative(ctx: Context) -> dict[str, Tensor]:
     (g,) = ctx.generators(1)
     x0 = ctx.images["image"].to(_device(stage_1))
     x_t = techniques.forward_process(x0, steps[i_start], stage_1.alphas_cumprod, [g])
-    model = guide(ctx, ctx.spec)(stage_1)
+    model = guide(ctx)(stage_1)
     record, frames = techniques.progression_recorder(every)
     clean = techniques.iterative_denoise(model, x_t, steps, i_start, stage_1.alphas_cumprod, [g], callback=record, **ctx.loop_options())
     one_step_x0 = techniques.one_step_denoise(model, x_t, steps[i_start], stage_1.alphas_cumprod)
@@ -171,7 +178,7 @@ def iterative(ctx: Context) -> dict[str, Tensor]:
 def iterative_levels(ctx: Context) -> dict[str, Tensor]:
     """Iterative denoising of each noisy image of the source, from its own t down by `stride`."""
     stage_1 = ctx.cascade.stage_1
-    model = guide(ctx, ctx.spec)(stage_1)
+    model = guide(ctx)(stage_1)
     noisy, ts = ctx.source["noisy"].to(_device(stage_1)), ctx.source["timesteps"].tolist()
     gens = ctx.generators(len(ts))
     images = [techniques.iterative_denoise(model, x[None], schedule.strided_timesteps(t, ctx.spec["stride"]), 0,
@@ -184,7 +191,7 @@ def sdedit(ctx: Context) -> dict[str, Tensor]:
     """SDEdit of the input at each i_start (more noise first), then the input itself."""
     stage_1 = ctx.cascade.stage_1
     x0 = ctx.images["image"].to(_device(stage_1))
-    model = guide(ctx, ctx.spec)(stage_1)
+    model = guide(ctx)(stage_1)
     gens = ctx.generators(len(ctx.spec["i_starts"]))
     edits = [techniques.sdedit(model, x0, timesteps(ctx.spec), i, stage_1.alphas_cumprod, [g], **ctx.loop_options())
              for i, g in zip(ctx.spec["i_starts"], gens)]
@@ -205,7 +212,7 @@ def inpaint(ctx: Context) -> dict[str, Tensor]:
     x0 = ctx.images["image"].to(_device(stage_1))
     mask = box_mask(ctx.spec["mask"], x0.shape[-1]).to(x0)
     (g,) = ctx.generators(1)
-    model = guide(ctx, ctx.spec)(stage_1)
+    model = guide(ctx)(stage_1)
     result = techniques.inpaint(model, x0, mask, timesteps(ctx.spec), stage_1.alphas_cumprod, [g],
                                 i_start=ctx.spec.get("i_start", 0), **ctx.loop_options())
     shown_mask = (mask * 2 - 1).expand_as(x0)

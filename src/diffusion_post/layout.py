@@ -14,10 +14,10 @@ from .png import save_png, tile, to_uint8
 GAP = 2  # white pixels between tiles
 
 
-def figure(result: Path | str, output: Path | str, key: str = "images", columns: int | None = None) -> None:
-    """Tile one tensor of a result into a PNG carrying the result's parameters."""
+def figure(result: Path | str, output: Path | str, key: str = "images") -> None:
+    """Tile one tensor of a result, left to right, into a PNG carrying the result's parameters."""
     tensors, parameters = load_result(result)
-    save_png(tile(tensors[key], columns, GAP), output, {**parameters, "panel": key})
+    save_png(tile(tensors[key], gap=GAP), output, {**parameters, "panel": key})
 
 
 def _view_frame(image: Image.Image, view: str, s: float) -> Image.Image:

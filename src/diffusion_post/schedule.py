@@ -53,7 +53,7 @@ def learned_range_log_variance(v: Tensor, abar_t: Tensor, abar_prev: Tensor) -> 
     return frac * beta_t.log() + (1 - frac) * beta_tilde.log()
 
 
-def dynamic_threshold(x0_hat: Tensor, ratio: float = 0.995, max_value: float = 1.5) -> Tensor:
+def dynamic_threshold(x0_hat: Tensor, ratio: float, max_value: float) -> Tensor:
     """Imagen's dynamic thresholding (Saharia et al. 2022, sec. 2.3) as diffusers implements it:
     s = clamp(quantile(|x0|, ratio), 1, max_value) per image; x0 <- clamp(x0, -s, s) / s."""
     flat = x0_hat.float().reshape(x0_hat.shape[0], -1)
