@@ -1,0 +1,73 @@
+"""The trained backend's IF-shaped UNet pair, as diffusers UNet2DConditionModel configs, and its schedulers.
+
+Stage I makes 64-px images; stage II upsamples 64 -> 128 px (the data holds no detail beyond 128 px: the Noto
+glyphs are 136 x 128, and a 256-px stage II would cost 4x the training compute of the one H200 run we get).
+Both predict 6 channels (noise + learned-range variance, like IF), on IF's cosine schedule, conditioned on one
+384-d all-MiniLM-L6-v2 sentence vector per prompt (a sequence of one token): through cross-attention
+(`text_proj` to the attention width) and through the timestep embedding (`addition_embed_type="text"`).
+Stage II gets the noise level of its low-resolution input as `class_labels`, as IF-II does.
+
+Sizes: each stage's weights must come back from the device as one file of at most 16 MiB (fp16), so each
+stage stays under 8 M parameters (`python -m diffusion_post.training.models` prints them).
+"""
+
+STAGE_SIZES = {1: 64, 2: 128}
+TEXT_DIM = 384  # all-MiniLM-L6-v2
+MAX_NOISE_LEVEL = 500  # stage II trains on low-res inputs noised to levels 0..499 (the post uses 250)
+
+# preset -> stage -> (block_out_channels, layers_per_block, attention levels from the bottom)
+PRESETS = {
+    "device": {1: ([96, 192, 288, 384], 2, 3), 2: ([32, 64, 128, 256], 2, 1)},
+    "micro": {1: ([16, 32], 1, 1), 2: ([8, 16, 32], 1, 1)},  # CPU tests: a few steps in seconds
+}
+
+
+def unet_config(stage: int, preset: str = "device", sample_size: int | None = None) -> dict:
+    """UNet2DConditionModel keyword arguments of one stage (IF's block types, norms and embeddings)."""
+    channels, layers, attention_levels = PRESETS[preset][stage]
+    plain = len(channels) - attention_levels
+    width = channels[-1]
+    return dict(
+        sample_size=sample_size or STAGE_SIZES[stage], in_channels=3 if stage == 1 else 6, out_channels=6,
+        layers_per_block=layers, block_out_channels=channels,
+        down_block_types=["ResnetDownsampleBlock2D"] * plain + ["SimpleCrossAttnDownBlock2D"] * attention_levels,
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+        up_block_types=["SimpleCrossAttnUpBlock2D"] * attention_levels + ["ResnetUpsampleBlock2D"] * plain,
+        attention_head_dim=32 if preset == "device" else 8, cross_attention_dim=width,
+        encoder_hid_dim=TEXT_DIM, encoder_hid_dim_type="text_proj",
+        addition_embed_type="text", addition_embed_type_num_heads=4 if preset == "device" else 2,
+        cross_attention_norm="group_norm", resnet_time_scale_shift="scale_shift", act_fn="gelu",
+        norm_num_groups=min(32, channels[0] // 2), class_embed_type="timestep" if stage == 2 else None,
+    )
+
+
+def make_unet(stage: int, preset: str = "device", sample_size: int | None = None):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(**unet_config(stage, preset, sample_size))
+
+
+def if_scheduler(stage: int):
+    """IF's DDPMScheduler config (REFERENCE §2): cosine, 1000 steps, epsilon, learned range, thresholding."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", variance_type="learned_range",
+                         prediction_type="epsilon", thresholding=True, dynamic_thresholding_ratio=0.95,
+                         sample_max_value=1.5 if stage == 1 else 1.0, clip_sample=True)
+
+
+def image_noising_scheduler():
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+
+
+if __name__ == "__main__":
+    import torch
+
+    for preset in PRESETS:
+        for stage in (1, 2):
+            with torch.device("meta"):
+                unet = make_unet(stage, preset)
+            n = sum(p.numel() for p in unet.parameters())
+            print(f"{preset} stage {stage}: {n / 1e6:.2f} M parameters, {2 * n / 2**20:.1f} MiB in fp16")
