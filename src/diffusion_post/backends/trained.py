@@ -11,7 +11,7 @@ from .deepfloyd import ModelUnavailable, load_cascade
 from .ideal import ENCODER_NAME, minilm_encoder
 from .prompt_cache import Encoder
 
-WEIGHTS = Path(__file__).resolve().parents[3] / "weights" / "trained"  # committed with the project
+WEIGHTS = Path("weights/trained")  # committed with the project; relative to the project root, like results/
 NOT_SHIPPED = "no trained weights shipped yet: run `snakemake train` on a GPU (see README)"
 
 

@@ -5,6 +5,7 @@
       stage_1/scheduler/scheduler_config.json                           IF's stage-I scheduler
       stage_2/unet/..., stage_2/scheduler/..., stage_2/image_noising_scheduler/...
       SHIPPED.json    sha256 of every weight file, the exact command, the data version and sha256, steps, losses
+      loss.png        the loss curves of both stages
 
 This is the hub layout `backends.deepfloyd.load_cascade` reads, so the trained backend loads through the code that
 loads DeepFloyd IF and the tiny test models. The device returns at most 8 files of at most 16 MiB, so there the
@@ -51,11 +52,13 @@ def stage_record(trainer) -> dict:
             "l_simple_last_50_mean": sum(r["l_simple"] for r in last) / len(last) if last else None}
 
 
-def write_weights_folder(trainers: dict, data, folder: Path, command: str) -> dict:
-    """Write each trained stage into `folder` and SHIPPED.json with hashes, command and data version."""
+def write_weights_folder(trainers: dict, data, folder: Path, command: str, loss_png: Path | None = None) -> dict:
+    """Write each trained stage into `folder`, the loss curve, and SHIPPED.json (hashes, command, data version)."""
     folder.mkdir(parents=True, exist_ok=True)
     for trainer in trainers.values():
         save_stage(trainer, folder)
+    if loss_png is not None and loss_png.exists():
+        shutil.copy(loss_png, folder / "loss.png")
     shipped = {"command": command, "data": {k: data.manifest.get(k) for k in ("version", "count", "sha256", "bytes")},
                "caption_encoder": data.manifest.get("caption_encoder"),
                "torch": torch.__version__, "device": str(next(iter(trainers.values())).device),
@@ -65,7 +68,7 @@ def write_weights_folder(trainers: dict, data, folder: Path, command: str) -> di
     return shipped
 
 
-def write_parts(folder: Path, loss_png: Path, out: Path) -> list[Path]:
+def write_parts(folder: Path, out: Path) -> list[Path]:
     """The weights folder as <= 8 flat files of <= 15 MiB: each UNet's tensors split into parts, and
     manifest.json with the UNet configs, SHIPPED.json and the parts' sha256 (plus the loss PNG)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -88,8 +91,8 @@ def write_parts(folder: Path, loss_png: Path, out: Path) -> list[Path]:
             save_file(part, str(path))
             manifest["parts"][path.name] = sha256(path)
             written.append(path)
-    if loss_png.exists():
-        shutil.copy(loss_png, out / "loss.png")
+    if (folder / "loss.png").exists():
+        shutil.copy(folder / "loss.png", out / "loss.png")
         written.append(out / "loss.png")
     write_json_atomic(out / "manifest.json", manifest)
     written.append(out / "manifest.json")

@@ -1,7 +1,8 @@
-"""Training one stage of the trained backend: a resumable loop with a progress bar, EMA weights and a loss curve.
+"""Training the trained backend's stages: a resumable loop with a progress bar, EMA weights and a loss curve.
 
-    python -m diffusion_post.training.train --data data/trained/trained-v1.npz --stage 1 --out results/train
-        [--preset device|micro] [--steps N] [--batch B] [--time-budget SECONDS] [--device cuda] [--compile]
+    python -m diffusion_post.training.train --data results/train/data-v1.npz --work results/train \
+        --weights weights/trained [--preset device|micro] [--steps-1 N] [--batch-1 B] [--budget-1 SECONDS] \
+        [--device cuda] [--compile] [--parts $OUT]        (`snakemake train` runs this; so does scripts/device_train.sh)
 
 Every draw (images, augmentations, caption dropout, t, noise, stage II's noise level) comes from ONE generator
 whose state is checkpointed with the model, the EMA, the optimizer and the step, so resuming from a checkpoint
@@ -147,7 +148,8 @@ def train(settings: Settings, data: TrainingSet, checkpoint: Path | None = None,
     if checkpoint is not None and checkpoint.exists():
         trainer.load_checkpoint(checkpoint)
     start = time.perf_counter()
-    bar = tqdm(total=settings.steps, initial=trainer.step, disable=not progress, desc=f"stage {settings.stage}")
+    bar = tqdm(total=settings.steps, initial=trainer.step, disable=not progress, desc=f"stage {settings.stage}",
+               mininterval=0.1 if sys.stderr.isatty() else 15)  # a log (the device's output) gets a line every 15 s
     while trainer.step < settings.steps:
         record = trainer.train_step()
         bar.update(1)
@@ -236,10 +238,11 @@ def main(argv=None) -> None:
               f"(mean of the last {len(last)} steps)", flush=True)
     plot_losses({f"stage {k}": t.history for k, t in trainers.items()}, work / "loss.png")
     command = args.command or "python -m diffusion_post.training.train " + " ".join(argv if argv is not None else sys.argv[1:])
-    shipped = write_weights_folder(trainers, data, Path(args.weights), command)
+    shipped = write_weights_folder(trainers, data, Path(args.weights), command, work / "loss.png")
     print(json.dumps({k: v for k, v in shipped.items() if k != "stages"}, indent=1))
     if args.parts:
-        write_parts(Path(args.weights), work / "loss.png", Path(args.parts))
+        written = write_parts(Path(args.weights), Path(args.parts))
+        print(f"{len(written)} files for the return trip in {args.parts}: " + ", ".join(p.name for p in written))
 
 
 if __name__ == "__main__":
