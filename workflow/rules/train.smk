@@ -2,6 +2,8 @@
 #   snakemake --cores 1 data     captioned 128-px images + caption embeddings, one .npz and its manifest (CPU, ~2 min)
 #   snakemake --cores 1 train    both stages on a CUDA GPU, then weights/trained/ (the folder the backend loads)
 # Settings: the `training` section of config.yaml (all optional; defaults below).
+import sys
+
 from diffusion_post.training.data import EMOJIBASE, VERSION as DATA_VERSION
 
 TRAINING = {
@@ -66,5 +68,5 @@ rule train:
     resources:
         gpu=1,
     shell:
-        "python -m diffusion_post.training.train --data {input.data} --work results/train --weights weights/trained "
-        "{params.arguments}"
+        f"{sys.executable} -m diffusion_post.training.train --data {{input.data}} --work results/train "
+        "--weights weights/trained {params.arguments}"

@@ -33,8 +33,14 @@ EMOJIBASE = "emojibase-data@17.0.0"
 CAPTION_VARIANTS = 2  # the label; the label with keywords
 SKIN_TONES = {chr(c) for c in range(0x1F3FB, 0x1F400)}
 NO_FLIP_GROUPS = {8, 9}  # emojibase groups 'symbols' and 'flags': letters, arrows and flags are not mirror-symmetric
-NO_FLIP_WORDS = re.compile(r"\b(left|right|clock|o.clock|letter|writing|newspaper|memo|calendar|book|ledger|"
-                           r"notebook|scroll|page|receipt|label|ticket|keycap|hand|point)", re.IGNORECASE)
+NO_FLIP_WORDS = re.compile(r"\b(left|right|arrow|clock|o.clock|letter|writing|newspaper|memo|calendar|book|ledger|"
+                           r"notebook|scroll|page|receipt|label|ticket|keycap|button|symbol|sign|hand|point|flag|\d)",
+                           re.IGNORECASE)
+
+
+def is_flag(ch: str) -> bool:
+    """Regional-indicator pairs and tag sequences (subdivision flags): never mirrored, with or without keywords."""
+    return any(0x1F1E6 <= ord(c) <= 0x1F1FF or 0xE0020 <= ord(c) <= 0xE007F for c in ch)
 
 # (scikit-image loader name or "sklearn:<file>", caption, licence)
 PHOTOS = (
@@ -73,10 +79,15 @@ def npm_pack(spec: str, folder: Path) -> Path:
 
 
 def emojibase_entries(tarball: Path | str) -> dict[str, dict]:
-    """emoji string -> {label, tags, group} from emojibase-data's en/data.json."""
+    """emoji (without variation selectors) -> {label, tags, group} from emojibase-data's en/data.json."""
     with tarfile.open(tarball) as tar:
         data = json.load(tar.extractfile("package/en/data.json"))
-    return {e["emoji"]: {"label": e["label"], "tags": e.get("tags", []), "group": e.get("group")} for e in data}
+    return {plain(e["emoji"]): {"label": e["label"], "tags": e.get("tags", []), "group": e.get("group")} for e in data}
+
+
+def plain(ch: str) -> str:
+    """Without U+FE0F: emojibase and the `emoji` package disagree on where the variation selector goes."""
+    return ch.replace("\ufe0f", "")
 
 
 def emoji_entries(keywords: dict[str, dict], limit: int | None = None) -> list[tuple[str, str, str, bool]]:
@@ -90,11 +101,11 @@ def emoji_entries(keywords: dict[str, dict], limit: int | None = None) -> list[t
     for ch, data in EMOJI_DATA.items():
         if data["status"] != 2 or SKIN_TONES & set(ch):
             continue
-        info = keywords.get(ch, {})
+        info = keywords.get(plain(ch), {})
         label = info.get("label") or caption(ch)
         tags = [t for t in info.get("tags", []) if t.lower() not in label.lower()][:6]
         with_keywords = ", ".join([label, *tags])
-        flippable = info.get("group") not in NO_FLIP_GROUPS and not NO_FLIP_WORDS.search(with_keywords)
+        flippable = not (info.get("group") in NO_FLIP_GROUPS or NO_FLIP_WORDS.search(with_keywords) or is_flag(ch))
         entries.append((ch, label, with_keywords, flippable))
     if limit is not None and limit < len(entries):
         entries = [entries[i] for i in np.linspace(0, len(entries) - 1, limit).round().astype(int)]
