@@ -12,7 +12,6 @@ stage I sees the same images area-downsampled to 64 px. Augmentations are drawn 
 """
 
 import json
-import os
 import re
 import subprocess
 import tarfile
@@ -26,6 +25,7 @@ from PIL import Image, ImageFont
 from torch import Tensor
 
 from ..data.emoji_set import FONT, FONT_SIZE, FontMissing, fit_square, render
+from ..images import atomic_path
 
 VERSION = 1  # bump when the data changes; recorded with the weights made from it
 SIZE = 128
@@ -172,14 +172,12 @@ def build_dataset(output: Path | str, keywords_tarball: Path | str | None, encod
     manifest = {"version": VERSION, "size": SIZE, "count": len(images), "seed": seed, "emoji_limit": emoji_limit,
                 "crops_per_photo": crops_per_photo, "caption_encoder": ENCODER_NAME, "keywords": EMOJIBASE if keywords else None,
                 "flippable": int(sum(flippable)), "sources": sources}
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez_compressed(tmp, images=np.stack(images), captions=np.array([t[0] for t in texts]),
-                        texts=np.array(texts), embeds=embeds, flippable=np.array(flippable), source=np.array(source),
-                        manifest=np.array(json.dumps(manifest)))
-    manifest["bytes"] = tmp.stat().st_size
-    manifest["sha256"] = sha256(tmp)
-    tmp.replace(output)
+    with atomic_path(output) as tmp:
+        np.savez_compressed(tmp, images=np.stack(images), captions=np.array([t[0] for t in texts]),
+                            texts=np.array(texts), embeds=embeds, flippable=np.array(flippable),
+                            source=np.array(source), manifest=np.array(json.dumps(manifest)))
+        manifest["bytes"] = tmp.stat().st_size
+        manifest["sha256"] = sha256(tmp)
     write_json_atomic(output.with_suffix(".json"), manifest)
     return manifest
 
@@ -195,9 +193,8 @@ def sha256(path: Path | str) -> str:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
 
 
 class TrainingSet:

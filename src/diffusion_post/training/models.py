@@ -40,7 +40,9 @@ def unet_config(stage: int, preset: str = "device", sample_size: int | None = No
         attention_head_dim=32 if preset == "device" else 8, cross_attention_dim=width,
         encoder_hid_dim=TEXT_DIM, encoder_hid_dim_type="text_proj",
         addition_embed_type="text", addition_embed_type_num_heads=4 if preset == "device" else 2,
-        cross_attention_norm="group_norm", resnet_time_scale_shift="scale_shift", act_fn="gelu",
+        # IF group-normalizes its 77 T5 tokens before cross-attention; over our ONE token a group norm would
+        # normalize each group of channels away (to zero where a group holds one channel), so none here
+        cross_attention_norm=None, resnet_time_scale_shift="scale_shift", act_fn="gelu",
         norm_num_groups=math.gcd(*channels) // 2, class_embed_type="timestep" if stage == 2 else None,
     )
 
@@ -52,12 +54,10 @@ def make_unet(stage: int, preset: str = "device", sample_size: int | None = None
 
 
 def if_scheduler(stage: int):
-    """IF's DDPMScheduler config (REFERENCE §2): cosine, 1000 steps, epsilon, learned range, thresholding."""
-    from diffusers import DDPMScheduler
+    """IF's DDPMScheduler config (REFERENCE §2), as the tiny models have it: thresholding at 1.5 / 1.0."""
+    from ..backends.tiny import _scheduler
 
-    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", variance_type="learned_range",
-                         prediction_type="epsilon", thresholding=True, dynamic_thresholding_ratio=0.95,
-                         sample_max_value=1.5 if stage == 1 else 1.0, clip_sample=True)
+    return _scheduler(1.5 if stage == 1 else 1.0)
 
 
 def image_noising_scheduler():
@@ -68,10 +68,17 @@ def image_noising_scheduler():
 
 if __name__ == "__main__":
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
     for preset in PRESETS:
         for stage in (1, 2):
             with torch.device("meta"):
-                unet = make_unet(stage, preset)
+                unet = make_unet(stage, preset).eval()
+                size = STAGE_SIZES[stage]
+                x = torch.zeros(1, unet.config.in_channels, size, size)
+                labels = torch.zeros(1, dtype=torch.long) if stage == 2 else None
+                with FlopCounterMode(display=False) as flops:
+                    unet(x, 500, encoder_hidden_states=torch.zeros(1, 1, TEXT_DIM), class_labels=labels)
             n = sum(p.numel() for p in unet.parameters())
-            print(f"{preset} stage {stage}: {n / 1e6:.2f} M parameters, {2 * n / 2**20:.1f} MiB in fp16")
+            print(f"{preset} stage {stage}: {n / 1e6:.2f} M parameters, {2 * n / 2**20:.1f} MiB in fp16, "
+                  f"{flops.get_total_flops() / 1e9:.2f} GFLOP per {size}-px image")

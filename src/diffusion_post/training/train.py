@@ -12,7 +12,6 @@ continues the same run. On CUDA the UNet runs under bf16 autocast (fp32 master w
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .. import schedule
+from ..images import atomic_path
 from .data import TrainingSet, downsample
 from .losses import hybrid_loss
 from .models import MAX_NOISE_LEVEL, STAGE_SIZES, if_scheduler, image_noising_scheduler, make_unet
@@ -125,10 +125,8 @@ class Trainer:
                 "data": self.data.manifest.get("sha256")}
 
     def save_checkpoint(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save(self.state(), tmp)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            torch.save(self.state(), tmp)
 
     def load_checkpoint(self, path: Path) -> None:
         state = torch.load(path, map_location=self.device, weights_only=True)
