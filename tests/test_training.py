@@ -18,6 +18,7 @@ import yaml
 from diffusion_post import figures, schedule
 from diffusion_post.backends import load_backend
 from diffusion_post.backends.trained import NOT_SHIPPED, WeightsMissing, load_trained
+from diffusion_post.post import backend_summary
 from diffusion_post.training import data as training_data
 from diffusion_post.training.losses import hybrid_loss
 from diffusion_post.training.ship import unpack_parts, write_parts, write_weights_folder
@@ -223,6 +224,10 @@ def test_device_script_dry_run_and_the_backend_samples_a_figure_from_its_weights
                                       spec={**spec, "technique": "upsample", "source": "trained_test",
                                             "source_technique": "sample"}))["images"]
     assert up.shape == (2, 3, 32, 32) and torch.isfinite(up).all()
+    summary = backend_summary(cascade.description)  # what the post's intro says made its figures
+    assert summary.startswith("the project's own") and "not DeepFloyd IF" in summary
+    assert f"on {shipped['data']['count']} captioned" in summary
+    assert summary.endswith("embedded by sentence-transformers/all-MiniLM-L6-v2")
 
 
 # --- the workflow rules ---------------------------------------------------------------------------------------------
