@@ -255,3 +255,21 @@ def test_data_and_train_rules_on_a_small_subset(tmp_path):
     assert "--steps-1 2" in shipped["command"] and (tmp_path / "weights" / "trained" / "loss.png").is_file()
     dry = subprocess.run([sys.executable, "-m", "snakemake", "-n"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert "train" not in dry.stdout.split("Job stats")[-1]  # not part of the default target
+
+    # the workflow on the trained backend: a figure made from these weights, which are an input of its job
+    config["backend"] = {**config["backend"], "name": "trained", "weights": "weights/trained", "device": "cpu"}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    run = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "figures/cfg_samples.png"], cwd=tmp_path,
+                         env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    from diffusion_post.images import load_result
+
+    _, parameters = load_result(tmp_path / "results" / "cfg_samples.safetensors")
+    assert parameters["models"]["backend"] == "trained"
+    (tmp_path / "weights" / "trained" / "stage_1" / "unet" / "diffusion_pytorch_model.safetensors").touch()
+    shutil.rmtree(tmp_path / "results" / "train")  # as in a fresh clone: weights committed, no data, no checkpoints
+    dry = subprocess.run([sys.executable, "-m", "snakemake", "-n", "figures/cfg_samples.png"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True)
+    jobs = dry.stdout.split("Job stats")[-1]
+    assert "sample_sampling" in jobs, dry.stdout[-3000:]  # new weights: the figure is out of date
+    assert "train" not in jobs and "data" not in jobs  # and sampling never trains

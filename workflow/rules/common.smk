@@ -42,9 +42,9 @@ def sampling_inputs(wildcards):
         inputs["image"] = post_config.input_path(config, spec["image"])
     if "source" in spec:
         inputs["source"] = f"results/{spec['source']}.safetensors"
-    shipped = Path(config["backend"].get("weights", "weights/trained")) / "SHIPPED.json"
-    if config["backend"]["name"] == "trained" and shipped.exists():  # retrained weights rerun the figures
-        inputs["weights"] = str(shipped)
+    if config["backend"]["name"] == "trained":  # retrained weights rerun the figures (not SHIPPED.json, the output
+        weights = Path(config["backend"].get("weights", "weights/trained"))  # of `train`: never train to sample)
+        inputs["weights"] = sorted(str(p) for stage in ("stage_1", "stage_2") for p in (weights / stage).rglob("*") if p.is_file())
     if config["backend"]["name"] == "ideal":  # the user's own images are part of the ideal denoiser
         inputs["backend_images"] = [str(p) for folder in config["backend"].get("images", []) for p in sorted(Path(folder).rglob("*")) if p.is_file()]
     return inputs
