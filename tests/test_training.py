@@ -159,6 +159,8 @@ def test_resuming_from_a_checkpoint_continues_the_same_run(small_data, tmp_path)
     other.manifest = {**other.manifest, "sha256": "something else"}
     with pytest.raises(ValueError, match="other data"):
         train(micro(stage=2, steps=5, batch=2), other, checkpoint=checkpoint, progress=False)
+    with pytest.raises(ValueError, match="another model"):
+        train(micro(stage=2, steps=5, batch=2, size=64), data, checkpoint=checkpoint, progress=False)
 
 
 # --- the shipped folder, the backend ---------------------------------------------------------------------------------

@@ -29,14 +29,12 @@ PART_BYTES = 15 * 2**20  # the device returns files of at most 16 MiB
 MAX_FILES = 8
 
 
-def save_stage(trainer, folder: Path) -> Path:
-    """One stage's EMA UNet (fp16) and schedulers in the hub layout under folder/stage_N."""
-    stage = trainer.settings.stage
+def save_stage(unet, stage: int, folder: Path) -> Path:
+    """One stage's UNet (as fp16) and schedulers in the hub layout under folder/stage_N."""
     root = folder / f"stage_{stage}"
-    unet = trainer.ema
-    dtype = next(unet.parameters()).dtype
-    unet.to(torch.float16).save_pretrained(root / "unet", safe_serialization=True)
-    unet.to(dtype)
+    unet.save_config(root / "unet")  # what save_pretrained writes, with the tensors cast, not the module
+    tensors = {k: v.detach().to(torch.float16).contiguous().cpu() for k, v in unet.state_dict().items()}
+    save_file(tensors, str(root / "unet" / WEIGHTS), metadata={"format": "pt"})
     if_scheduler(stage).save_pretrained(root / "scheduler")
     if stage == 2:
         image_noising_scheduler().save_pretrained(root / "image_noising_scheduler")
@@ -55,15 +53,20 @@ def stage_record(trainer) -> dict:
 def write_weights_folder(trainers: dict, data, folder: Path, command: str, loss_png: Path | None = None) -> dict:
     """Write each trained stage into `folder`, the loss curve, and SHIPPED.json (hashes, command, data version)."""
     folder.mkdir(parents=True, exist_ok=True)
-    for trainer in trainers.values():
-        save_stage(trainer, folder)
+    for stage, trainer in trainers.items():
+        save_stage(trainer.ema, stage, folder)  # the EMA weights: what sampling uses
     if loss_png is not None and loss_png.exists():
         shutil.copy(loss_png, folder / "loss.png")
     shipped = {"command": command, "data": {k: data.manifest.get(k) for k in ("version", "count", "sha256", "bytes")},
                "caption_encoder": data.manifest.get("caption_encoder"),
                "torch": torch.__version__, "device": str(next(iter(trainers.values())).device),
                "stages": {f"stage_{k}": stage_record(t) for k, t in trainers.items()}}
-    shipped["sha256"] = {str(p.relative_to(folder)): sha256(p) for p in sorted(folder.rglob(WEIGHTS))}
+    return write_shipped(folder, shipped)
+
+
+def write_shipped(folder: Path, shipped: dict) -> dict:
+    """SHIPPED.json: `shipped` plus the sha256 of every weight file in `folder`."""
+    shipped = {**shipped, "sha256": {str(p.relative_to(folder)): sha256(p) for p in sorted(folder.rglob(WEIGHTS))}}
     write_json_atomic(folder / "SHIPPED.json", shipped)
     return shipped
 

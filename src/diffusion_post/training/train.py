@@ -132,6 +132,9 @@ class Trainer:
         state = torch.load(path, map_location=self.device, weights_only=True)
         if state["data"] != self.data.manifest.get("sha256"):
             raise ValueError(f"checkpoint {path} was trained on other data: delete it to start again, or use its data file")
+        made = {k: state["settings"][k] for k in ("stage", "preset", "size")}
+        if made != {k: getattr(self.settings, k) for k in made}:
+            raise ValueError(f"checkpoint {path} is of another model ({made}): delete it to start again")
         self.unet.load_state_dict(state["unet"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
