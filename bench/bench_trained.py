@@ -65,6 +65,7 @@ def main(argv=None) -> None:
                     make_result(figure, spec, backend, inputs, str(source) if source else None, str(out))
                     times[name, figure].append(time.perf_counter() - start)
                     assert load_result(out)[1]["models"]["backend"] == backend["name"]
+                    print(f"{figure} on {name}: {times[name, figure][-1]:.1f} s", flush=True)
 
     print(f"CPU [{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads], "
           f"torch {torch.__version__}, best of {args.repeats}")
