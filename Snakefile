@@ -2,6 +2,7 @@
 #   snakemake --cores 1            build everything (the profile in profiles/default is picked up)
 #   snakemake -n                   what would rerun, and why
 #   snakemake --cores 1 figures    figures only;  snakemake --cores 1 post   figures + the markdown post
+#   snakemake --cores 1 data / train   the trained backend's data set / training run (GPU; not in the default target)
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -14,6 +15,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/sampling.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/post.smk"
+include: "workflow/rules/train.smk"
 
 
 rule all:

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     p = commands.add_parser("figure", help="sample and lay out one figure of config.yaml (with a progress bar)")
     p.add_argument("name")
     p.add_argument("--config", default="config.yaml")
-    p.add_argument("--backend", choices=["ideal", "deepfloyd", "tiny"], help="override backend/name")
+    p.add_argument("--backend", choices=["ideal", "deepfloyd", "tiny", "trained"], help="override backend/name")
     p.add_argument("--output", help="PNG path (default figures/NAME.png)")
     p.set_defaults(run=_figure)
 

@@ -86,7 +86,8 @@ def figure_files(config: dict) -> list[str]:
 
 # The backend settings a figure's pixels depend on (not where caches live): a sampling rule's params.
 BACKEND_KEYS = {"ideal": ("name", "temperature", "include_inputs", "images"),
-                "deepfloyd": ("name", "stage_1", "text_encoder", "device"), "tiny": ("name", "device")}
+                "deepfloyd": ("name", "stage_1", "text_encoder", "device"), "tiny": ("name", "device"),
+                "trained": ("name", "weights", "device")}
 
 
 def backend_params(config: dict, spec: dict) -> dict:

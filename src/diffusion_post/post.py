@@ -53,6 +53,11 @@ def backend_summary(models: dict) -> str:
                 f"captioned images ({models.get('dataset')}), prompts matched by {models.get('text_encoder')}")
     if name == "tiny":
         return "tiny IF-shaped models with random weights (a test configuration: the pictures are noise)"
+    if name == "trained":
+        data = models.get("data") or {}
+        return (f"the project's own small IF-shaped cascade, not DeepFloyd IF: two UNets trained by this project on "
+                f"{data.get('count')} captioned emoji and photo crops (data version {data.get('version')}), prompts "
+                f"embedded by {models.get('text_encoder', '').split('+')[0]}")
     raise ValueError(f"unknown backend {name!r} in the figures' metadata")
 
 

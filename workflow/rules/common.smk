@@ -15,7 +15,8 @@ SPECS = {name: post_config.resolve(config, name) for name in FIGURES}
 PACKAGE = Path("src/diffusion_post")  # relative, so a moved or copied project keeps its build state
 # Not used by sampling jobs: their edits must not rerun the models.
 NOT_SAMPLING = {"layout.py", "png.py", "post.py", "site.py", "cli.py", "config.py", "project.py"}
-OTHER_BACKENDS = {"ideal": {"deepfloyd.py", "tiny.py"}, "deepfloyd": {"ideal.py", "tiny.py"}, "tiny": {"ideal.py"}}
+OTHER_BACKENDS = {"ideal": {"deepfloyd.py", "tiny.py", "trained.py"}, "deepfloyd": {"ideal.py", "tiny.py", "trained.py"},
+                  "tiny": {"ideal.py", "trained.py"}, "trained": {"tiny.py"}}
 
 
 def code(*names):
@@ -25,7 +26,7 @@ def code(*names):
 
 SAMPLING_CODE = sorted(
     str(p) for p in PACKAGE.rglob("*.py")
-    if p.name not in NOT_SAMPLING | OTHER_BACKENDS[config["backend"]["name"]]
+    if p.name not in NOT_SAMPLING | OTHER_BACKENDS[config["backend"]["name"]] and p.parent.name != "training"
 )
 
 
@@ -41,6 +42,9 @@ def sampling_inputs(wildcards):
         inputs["image"] = post_config.input_path(config, spec["image"])
     if "source" in spec:
         inputs["source"] = f"results/{spec['source']}.safetensors"
+    if config["backend"]["name"] == "trained":  # retrained weights rerun the figures (not SHIPPED.json, the output
+        weights = Path(config["backend"].get("weights", "weights/trained"))  # of `train`: never train to sample)
+        inputs["weights"] = sorted(str(p) for stage in ("stage_1", "stage_2") for p in (weights / stage).rglob("*") if p.is_file())
     if config["backend"]["name"] == "ideal":  # the user's own images are part of the ideal denoiser
         inputs["backend_images"] = [str(p) for folder in config["backend"].get("images", []) for p in sorted(Path(folder).rglob("*")) if p.is_file()]
     return inputs

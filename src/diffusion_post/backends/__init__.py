@@ -39,4 +39,8 @@ def _load(backend: dict) -> Cascade:
     if name == "deepfloyd":
         return load_cascade(backend["stage_1"], backend.get("stage_2"), backend.get("text_encoder"),
                             device=backend.get("device"), cache_dir=cache / "prompt_embeds")
-    raise ValueError(f"unknown backend {name!r}: use ideal, deepfloyd or tiny")
+    if name == "trained":
+        from .trained import load_trained
+
+        return load_trained(backend.get("weights"), device=backend.get("device"), cache_dir=cache / "prompt_embeds")
+    raise ValueError(f"unknown backend {name!r}: use ideal, deepfloyd, tiny or trained")

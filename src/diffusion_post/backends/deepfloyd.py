@@ -2,13 +2,13 @@
 loaded from a hub id or a local folder in the hub layout (the tiny test models use this same code)."""
 
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from ..denoiser import Cascade, StageTwo
-from .prompt_cache import PromptCache
+from .prompt_cache import Encoder, PromptCache
 
 MAX_TOKENS = 77  # IF pads and truncates prompts to 77 T5 tokens
 
@@ -70,16 +70,21 @@ def t5_encoder(model_id: str, device: torch.device, dtype: torch.dtype):
 
 
 def load_cascade(stage_1: str, stage_2: str | None, text_encoder: str | None = None, *, device: str | None = None,
-                 cache_dir: Path | str = ".cache/prompt_embeds", backend: str = "deepfloyd") -> Cascade:
+                 cache_dir: Path | str = ".cache/prompt_embeds", backend: str = "deepfloyd",
+                 encoder: tuple[str, Callable[[], Encoder]] | None = None) -> Cascade:
     """Stage I (and II) UNets and schedulers; fp16 on CUDA, fp32 on the CPU. T5 comes from `text_encoder`
-    (default: the stage-I repository) and only when a prompt is not in the embedding cache."""
+    (default: the stage-I repository) and only when a prompt is not in the embedding cache; `encoder` = (name,
+    factory) replaces T5 by another prompt encoder (the trained backend's sentence encoder)."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     variant = "fp16" if dtype == torch.float16 else None
-    text_encoder = text_encoder or stage_1
-    prompts = PromptCache(cache_dir, text_encoder, lambda: t5_encoder(text_encoder, device, dtype))
+    if encoder is None:
+        text_encoder = text_encoder or stage_1
+        encoder = (text_encoder, lambda: t5_encoder(text_encoder, device, dtype))
+    text_encoder = encoder[0]
+    prompts = PromptCache(cache_dir, *encoder)
 
     def denoiser(model_id: str, stage: str) -> IFDenoiser:
         try:

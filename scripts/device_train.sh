@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Issue 10's one device run: train both stages of the `trained` backend on one lent H200 inside its time, return the
+# weights through $OUT (files of <= 15 MiB), print the losses; then the full-size sampling benchmark (IF-I-XL random
+# weights, eager and torch.compile). About 8 minutes of commands, plus the machine's start (15 minutes in all).
+#
+# 1. Prepare, here, in the checkout the device tool sends (the lead's):
+#      bash scripts/device_train.sh --prepare    # snakemake data (results/train/data-v1.*, ~2 min CPU) + wheels in .whl/
+# 2. Run it with the device tool (diffusers is not on that machine: it travels as a wheel):
+#      run(command="bash scripts/device_train.sh",
+#          carry=["results/train/data-v1.npz", "results/train/data-v1.json", ".whl"], timeout_s=570)
+# 3. Here, rebuild and check the weights folder from the returned files, look at it, commit it:
+#      python -m diffusion_post.training.ship <files_at> weights/trained
+# Dry run on the CPU (the tests): DEVICE_TRAIN_DRY=1 OUT=<folder> DATA=<small .npz> bash scripts/device_train.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+DATA=${DATA:-results/train/data-v1.npz}
+BUDGET_1=${BUDGET_1:-140}  # seconds of stage-I training (stops early, at the step reached; SHIPPED.json records it)
+BUDGET_2=${BUDGET_2:-80}
+BENCH_EAGER_S=${BENCH_EAGER_S:-90}
+BENCH_COMPILE_S=${BENCH_COMPILE_S:-110}
+WHEELS=(diffusers==0.42.1 importlib_metadata==8.7.0)  # not on the device image (its huggingface-hub 1.33 will do)
+
+if [ "${1:-}" = "--prepare" ]; then
+    snakemake --cores 1 data
+    mkdir -p .whl
+    "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        -d .whl "${WHEELS[@]}"
+    du -ch "$DATA" .whl/*.whl | tail -1
+    exit 0
+fi
+
+start=$(date +%s)
+elapsed() { echo "[$(( $(date +%s) - start )) s]"; }
+: "${OUT:?OUT must name the folder for the returned files (the device tool sets it)}"
+[ -f "$DATA" ] || { echo "no training data $DATA: run 'bash scripts/device_train.sh --prepare' first and carry it" >&2; exit 2; }
+
+if [ "${DEVICE_TRAIN_DRY:-0}" = "1" ]; then  # the same entry point, a micro model, a few CPU steps
+    TRAIN_ARGS=(--device cpu --preset micro --steps-1 3 --steps-2 2 --batch-1 4 --batch-2 2 --size-1 16 --size-2 32)
+else
+    if compgen -G ".whl/*.whl" >/dev/null; then
+        "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+        export PYTHONPATH=/tmp/site
+    fi
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    TRAIN_ARGS=(--device cuda --preset device --steps-1 20000 --steps-2 20000 --batch-1 256 --batch-2 128
+                --budget-1 "$BUDGET_1" --budget-2 "$BUDGET_2")
+fi
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+WORK=${WORK:-/tmp/diffusion_post_train}
+rm -rf "$WORK"
+
+echo "$(elapsed) training"
+"$PYTHON" -m diffusion_post.training.train --data "$DATA" --work "$WORK" --weights "$WORK/weights" --parts "$OUT" \
+    "${TRAIN_ARGS[@]}"
+echo "$(elapsed) trained; weights and loss curve in \$OUT"
+
+if [ "${DEVICE_TRAIN_DRY:-0}" = "1" ]; then
+    "$PYTHON" bench/bench_sampling.py --arch IF-I-XL --count-params  # the benchmark's full-size config builds
+    echo "$(elapsed) dry run done (no benchmark on the CPU)"
+    exit 0
+fi
+
+# The full-size sampling benchmark of BENCHMARKS.md, eager then compiled; each capped so the run ends in time.
+{
+    echo "## $(nvidia-smi --query-gpu=name --format=csv,noheader), torch $("$PYTHON" -c 'import torch; print(torch.__version__)')"
+    echo '$ python bench/bench_sampling.py --device cuda --arch IF-I-XL --repeats 2'
+    timeout "$BENCH_EAGER_S" "$PYTHON" bench/bench_sampling.py --device cuda --arch IF-I-XL --repeats 2 2>&1 \
+        || echo "(eager benchmark stopped: exit $?, limit ${BENCH_EAGER_S} s)"
+    echo "$(elapsed)"
+    echo '$ python bench/bench_sampling.py --device cuda --arch IF-I-XL --compile --repeats 2'
+    timeout "$BENCH_COMPILE_S" "$PYTHON" bench/bench_sampling.py --device cuda --arch IF-I-XL --compile --repeats 2 2>&1 \
+        || echo "(compiled benchmark stopped: exit $?, limit ${BENCH_COMPILE_S} s)"
+} | tee "$OUT/bench.txt"
+echo "$(elapsed) done"
