@@ -2,8 +2,7 @@
 import sys
 from pathlib import Path
 
-from diffusion_post import config as post_config
-from diffusion_post.build import make_result
+from diffusion_post import config as post_config  # torch-free: parsing the workflow never imports torch
 
 try:
     post_config.check(config, Path(workflow.basedir))
@@ -48,6 +47,8 @@ def sampling_inputs(wildcards):
 
 def sample_figure(wildcards, input, output, params):
     """The body of every sampling rule."""
+    from diffusion_post.build import make_result
+
     make_result(
         wildcards.figure, params.spec, config["backend"],  # params.backend: the part that triggers reruns
         inputs={"image": input.image} if "image" in input.keys() else {},
