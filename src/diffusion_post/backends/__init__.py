@@ -1,17 +1,22 @@
 """Backends behind the denoiser interface, chosen by the `backend` section of config.yaml."""
 
 import json
+import os
 from pathlib import Path
 
 from ..denoiser import Cascade
 
 _LOADED: dict[str, Cascade] = {}
+LOAD_MESSAGE = "diffusion-post: loading backend"
 
 
 def load_backend(backend: dict) -> Cascade:
-    """Load (once per process) the cascade a backend config describes."""
+    """Load (once per process) the cascade a backend config describes; each load logs one line (LOAD_MESSAGE),
+    so a build's model loads can be counted in its log."""
     key = json.dumps(backend, sort_keys=True)
     if key not in _LOADED:
+        # straight to file descriptor 2: Snakemake's remote jobs (on a cluster) do not show Python's sys.stderr
+        os.write(2, f"{LOAD_MESSAGE} {backend['name']} (process {os.getpid()})\n".encode())
         _LOADED[key] = _load(backend)
     return _LOADED[key]
 
