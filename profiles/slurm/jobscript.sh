@@ -6,4 +6,9 @@
 read -r -d '' command <<'SNAKEMAKE_JOB'
 {exec_job}
 SNAKEMAKE_JOB
-eval "${{command/ -m snakemake / -m snakemake --force-use-threads }}"
+# scancel (SIGTERM) stops the job at once: on SIGTERM Snakemake would finish its running jobs and write their
+# outputs after the cluster has reported the job cancelled. Outputs are written atomically (renamed into place),
+# so a killed job leaves none behind, and the next run makes them again.
+trap 'kill -KILL 0' TERM
+eval "${{command/ -m snakemake / -m snakemake --force-use-threads }}" &
+wait $!
