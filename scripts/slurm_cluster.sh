@@ -83,7 +83,7 @@ start() {
     write_config
     if ! munge -n </dev/null >/dev/null 2>&1; then
         mkdir -p /run/munge && chown munge:munge /run/munge
-        runuser -u munge -- /usr/sbin/munged --pid-file="$SLURM_HOME/munged.pid"
+        runuser -u munge -- /usr/sbin/munged --pid-file=/run/munge/diffusion-post-munged.pid  # writable by munge
     fi
     slurmctld
     slurmd
@@ -99,7 +99,7 @@ start() {
 }
 
 stop() {
-    for pid_file in "$SLURM_HOME/slurmd.pid" "$SLURM_HOME/slurmctld.pid" "$SLURM_HOME/munged.pid"; do
+    for pid_file in "$SLURM_HOME/slurmd.pid" "$SLURM_HOME/slurmctld.pid" /run/munge/diffusion-post-munged.pid; do
         if [ -s "$pid_file" ]; then kill "$(cat "$pid_file")" 2>/dev/null || true; fi
         rm -f "$pid_file"
     done
