@@ -11,11 +11,30 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/sampling.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/post.smk"
 include: "workflow/rules/train.smk"
+
+
+# On a cluster only the sampling jobs are submitted; layout, post and site are cheap and run where Snakemake runs.
+localrules:
+    all,
+    figures,
+    input_image,
+    figure,
+    figure_panel,
+    animation,
+    denoising_metrics,
+    post,
+    mathjax,
+    site,
+    emojibase,
+    data,
 
 
 rule all:

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from diffusion_post import filters
+from diffusion_post.spec import COMPONENTS
 from diffusion_post.denoiser import join_output, split_output
 from diffusion_post.views import VIEWS, Negate, get_view
 
@@ -91,6 +92,7 @@ def test_gaussian_blur_is_a_2d_gaussian_convolution():
 def test_factorization_components_sum_to_the_identity_and_are_not_trivial(name):
     x = _rand(2, 3, 64, 64, seed=3)
     components = filters.factorization(name)
+    assert len(components) == len(COMPONENTS[name])  # what config validation counts prompts against
     parts = [f(x) for f in components]
     torch.testing.assert_close(sum(parts), x, rtol=0, atol=1e-12)
     for part in parts:

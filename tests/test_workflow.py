@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from diffusion_post import config as post_config
+from diffusion_post import __version__, config as post_config
+from diffusion_post.backends import LOAD_MESSAGE
 from diffusion_post.project import copy_project
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +45,8 @@ def build(tmp_path_factory) -> Path:
     """A copy of the project, built once. The backend's caches (emoji set, prompt embeddings) are shared."""
     root = tmp_path_factory.mktemp("post")
     copy_project(ROOT, root, ROOT / ".cache")
-    snakemake(root, "--cores", "1")
+    run = snakemake(root, "--cores", "1")
+    (root / "build.log").write_text(run.stderr)
     return root
 
 
@@ -69,6 +71,26 @@ def test_fresh_dry_run_has_a_job_for_every_image(build, tmp_path):
     outputs = scheduled_outputs(fresh)
     assert set(post_config.figure_files(config)) <= outputs
     assert {f"results/{name}.safetensors" for name in post_config.figure_table(config)} <= outputs
+
+
+def test_a_build_loads_the_models_once(build):
+    """Every job runs in the Snakemake process (profiles/default: force-use-threads), sharing one loaded backend."""
+    assert (build / "build.log").read_text().count(LOAD_MESSAGE) == 1
+
+
+def test_report_shows_every_figure_with_its_rule_and_parameters(build, tmp_path):
+    """`snakemake --report`: one self-contained HTML file, every figure embedded, captioned from the config."""
+    config = yaml.safe_load((build / "config.yaml").read_text())
+    report = tmp_path / "report.html"
+    snakemake(build, "--report", str(report))
+    html = report.read_text()
+    for path in post_config.figure_files(config):
+        name = Path(path).name
+        assert re.search(rf"data:image/(png|gif);charset=utf8;filename={re.escape(name)};base64,", html), name
+    for name, (section, _) in post_config.figure_table(config).items():  # caption: the rule that sampled it
+        assert re.search(rf'Figure <tt class=\\?"docutils literal\\?">{name}</tt> \(section {section}\): sampled by rule '
+                         rf'<tt class=\\?"docutils literal\\?">sample_{section}</tt>', html), name
+    assert f"diffusion_post {__version__}" in html  # the code version, a label of each figure
 
 
 def test_nothing_to_do_after_a_build(build):

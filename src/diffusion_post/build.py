@@ -1,6 +1,7 @@
 """What the workflow's sampling rules call."""
 
 from . import __version__, figures
+from .spec import timesteps
 from .backends import load_backend
 from .images import atomic_path, load_image, load_result, save_result
 
@@ -16,7 +17,7 @@ def make_result(name: str, spec: dict, backend: dict, inputs: dict[str, str], so
         source=load_result(source)[0] if source else None,
     )
     tensors = figures.make(ctx)
-    parameters = {"figure": name, **spec, "timesteps_sampled": figures.timesteps(spec), "models": cascade.description,
+    parameters = {"figure": name, **spec, "timesteps_sampled": timesteps(spec), "models": cascade.description,
                   "diffusion_post": __version__}
     save_result(tensors, output, parameters)
 

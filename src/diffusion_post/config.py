@@ -7,7 +7,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from .figures import components, timesteps
+from .spec import COMPONENTS, timesteps
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 BUILTIN = "builtin:"
@@ -153,7 +153,7 @@ def _check_figure(where: str, spec: dict, table: dict, config: dict) -> None:
     if technique == "anagram" and len(spec["views"]) != len(spec["prompts"]):
         raise ConfigError(f"{where}: anagram needs one prompt per view: got {len(spec['prompts'])} prompts, {len(spec['views'])} views")
     if technique == "hybrid":
-        parts = len(components(spec))
+        parts = len(COMPONENTS[spec["factorization"]])
         if parts != len(spec["prompts"]):
             raise ConfigError(f"{where}: factorization {spec['factorization']} has {parts} components: give {parts} prompts, got {len(spec['prompts'])}")
     if technique in ("sample", "anagram", "hybrid") and spec["count"] < 1:

@@ -16,6 +16,7 @@ from .denoiser import Cascade, Denoiser, ModelFn
 from .filters import Filter, factorization
 from .randomness import image_generators
 from .sampling import Thresholding
+from .spec import timesteps
 from .views import get_view
 
 # IF's scheduler configs threshold x0 at the 0.95 quantile, clamped to 1.5 (stage I) and 1.0 (stage II).
@@ -39,13 +40,6 @@ class Context:
 
     def embed(self, prompts: list[str]) -> Tensor:
         return self.cascade.embed(prompts)
-
-
-def timesteps(spec: dict) -> list[int]:
-    """num_inference_steps evenly spaced (as IF's pipelines), else strided from `start` by `stride`."""
-    if spec.get("num_inference_steps"):
-        return schedule.evenly_spaced_timesteps(spec["num_inference_steps"])
-    return schedule.strided_timesteps(spec["start"], spec["stride"])
 
 
 def prompts_of(spec: dict) -> list[str]:

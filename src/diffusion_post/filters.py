@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .spec import COMPONENTS
+
 Filter = Callable[[Tensor], Tensor]
 
 
@@ -58,7 +60,7 @@ def factorization(name: str, kernel_size: int = 33, sigma: float = 2.0, sigmas: 
         return [lowpass(kernel_size, s2), band(kernel_size, s1, s2), highpass(kernel_size, s1)]
     if name == "gray_color":
         return [grayscale, color]
-    raise ValueError(f"unknown factorization {name!r}: use one of low_high, triple_band, gray_color")
+    raise ValueError(f"unknown factorization {name!r}: use one of {', '.join(FACTORIZATIONS)}")
 
 
-FACTORIZATIONS = ("low_high", "triple_band", "gray_color")
+FACTORIZATIONS = tuple(COMPONENTS)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import jinja2
 
-from .figures import timesteps
+from .spec import timesteps
 from .images import atomic_path
 from .png import read_parameters
 

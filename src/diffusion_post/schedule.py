@@ -7,18 +7,7 @@ means "past the end", where abar = 1 (a clean image).
 import torch
 from torch import Tensor
 
-
-def strided_timesteps(start: int = 990, stride: int = 30) -> list[int]:
-    """Descending timesteps start, start - stride, ..., down to 0 or the last one above it."""
-    if stride <= 0 or start < 0:
-        raise ValueError(f"strided timesteps need start >= 0 and stride > 0: got start={start}, stride={stride}")
-    return list(range(start, -1, -stride))
-
-
-def evenly_spaced_timesteps(num_steps: int, num_train_timesteps: int = 1000) -> list[int]:
-    """The `num_steps` timesteps diffusers' DDPMScheduler uses by default ("leading" spacing)."""
-    step = num_train_timesteps // num_steps
-    return [i * step for i in reversed(range(num_steps))]
+from .spec import evenly_spaced_timesteps, strided_timesteps  # noqa: F401 (torch-free, for the parse path)
 
 
 def abar(alphas_cumprod: Tensor, t: int) -> Tensor:

@@ -2,8 +2,7 @@
 import sys
 from pathlib import Path
 
-from diffusion_post import config as post_config
-from diffusion_post.build import make_result
+from diffusion_post import config as post_config  # torch-free: parsing the workflow never imports torch
 
 try:
     post_config.check(config, Path(workflow.basedir))
@@ -15,6 +14,10 @@ SPECS = {name: post_config.resolve(config, name) for name in FIGURES}
 PACKAGE = Path("src/diffusion_post")  # relative, so a moved or copied project keeps its build state
 # Not used by sampling jobs: their edits must not rerun the models.
 NOT_SAMPLING = {"layout.py", "png.py", "post.py", "site.py", "cli.py", "config.py", "project.py"}
+# A sampling job asks for a GPU only where its backend runs on one (the ideal backend never does; deepfloyd and
+# tiny do unless device: cpu), so the same rules run on a CPU-only cluster node.
+BACKEND = config["backend"]
+GPU_PER_SAMPLING_JOB = int(BACKEND["name"] != "ideal" and BACKEND.get("device") != "cpu")
 OTHER_BACKENDS = {"ideal": {"deepfloyd.py", "tiny.py", "trained.py"}, "deepfloyd": {"ideal.py", "tiny.py", "trained.py"},
                   "tiny": {"ideal.py", "trained.py"}, "trained": {"tiny.py"}}
 
@@ -52,6 +55,8 @@ def sampling_inputs(wildcards):
 
 def sample_figure(wildcards, input, output, params):
     """The body of every sampling rule."""
+    from diffusion_post.build import make_result
+
     make_result(
         wildcards.figure, params.spec, config["backend"],  # params.backend: the part that triggers reruns
         inputs={"image": input.image} if "image" in input.keys() else {},
@@ -63,3 +68,18 @@ def sample_figure(wildcards, input, output, params):
 def figure_files():
     """Every image file of the post, in the order of the config."""
     return post_config.figure_files(config)
+
+
+def section_of(wildcards):
+    """A figure's category in the report (snakemake --report): its section."""
+    return FIGURES[wildcards.figure][0]
+
+
+def made_by(wildcards, input):
+    """A figure's labels in the report, read from its result: what made it, with which code and models."""
+    from diffusion_post.images import load_result
+
+    parameters = load_result(input.result)[1]
+    return {"figure": wildcards.figure, "technique": parameters["technique"],
+            "sampled by": f"rule sample_{FIGURES[wildcards.figure][0]}",
+            "code": f"diffusion_post {parameters['diffusion_post']}", "models": str(parameters["models"])}

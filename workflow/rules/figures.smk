@@ -7,7 +7,7 @@ rule figure:
         result="results/{figure}.safetensors",
         code=code("layout.py", "png.py", "images.py"),
     output:
-        "figures/{figure}.png",
+        report("figures/{figure}.png", caption="../report/figure.rst", category=section_of, labels=made_by),
     wildcard_constraints:
         figure="|".join(FIGURES),
     run:
@@ -22,7 +22,7 @@ rule figure_panel:
         result="results/{figure}.safetensors",
         code=code("layout.py", "png.py", "images.py"),
     output:
-        "figures/{figure}-{panel}.png",
+        report("figures/{figure}-{panel}.png", caption="../report/figure.rst", category=section_of, labels=made_by),
     wildcard_constraints:
         figure="|".join(FIGURES),
         panel="comparison",
@@ -38,7 +38,7 @@ rule animation:
         result="results/{figure}.safetensors",
         code=code("layout.py", "png.py", "images.py"),
     output:
-        "figures/{figure}.gif",
+        report("figures/{figure}.gif", caption="../report/figure.rst", category=section_of, labels=made_by),
     wildcard_constraints:
         figure="|".join(FIGURES),
     params:
@@ -57,7 +57,8 @@ rule denoising_metrics:
         code=code("layout.py", "png.py", "images.py"),
     output:
         table="results/denoising_metrics.json",
-        plot="figures/denoising_metrics.png",
+        plot=report("figures/denoising_metrics.png", category="denoising",
+                    caption="../report/metrics.rst"),
     params:
         methods=config["post"].get("metrics", {}).get("methods", {}),
     run:

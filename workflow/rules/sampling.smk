@@ -13,7 +13,10 @@ rule input_image:
         write_builtin_input(wildcards.name, output[0])
 
 
-# One sampling rule per section of the post, sample_<section> (a figure's section is where config.yaml lists it):
+# One sampling rule per section of the post, sample_<section> (a figure's section is where config.yaml lists it).
+# Its jobs form the group sample_<section>: on a cluster (profiles/slurm) one submitted job makes all the
+# section's figures and loads each model stage once. Locally `group:` does nothing; there every job runs in
+# the Snakemake process (profiles/default: force-use-threads) and the models load once per build.
 SECTIONS = {
     "setup": "Section 0: stage I text-to-image and its stage-II upsampling.",
     "denoising": "Sections 1.1-1.4: forward process, blur, one-step and iterative denoising.",
@@ -37,7 +40,9 @@ for section in SECTIONS:
         params:
             spec=lambda w: post_config.sampling_spec(SPECS[w.figure]),
             backend=lambda w: post_config.backend_params(config, SPECS[w.figure]),
+        group:
+            f"sample_{section}"
         resources:
-            gpu=1,
+            gpu=GPU_PER_SAMPLING_JOB,
         run:
             sample_figure(wildcards, input, output, params)

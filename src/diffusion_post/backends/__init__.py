@@ -1,18 +1,26 @@
 """Backends behind the denoiser interface, chosen by the `backend` section of config.yaml."""
 
 import json
+import os
+import sys
+import threading
 from pathlib import Path
 
 from ..denoiser import Cascade
 
 _LOADED: dict[str, Cascade] = {}
+_LOCK = threading.Lock()  # jobs running as threads of one Snakemake process share one load
+LOAD_MESSAGE = "diffusion-post: loading backend"
 
 
 def load_backend(backend: dict) -> Cascade:
-    """Load (once per process) the cascade a backend config describes."""
+    """Load (once per process) the cascade a backend config describes; each load logs one line (LOAD_MESSAGE),
+    so a build's model loads can be counted in its log."""
     key = json.dumps(backend, sort_keys=True)
-    if key not in _LOADED:
-        _LOADED[key] = _load(backend)
+    with _LOCK:
+        if key not in _LOADED:
+            print(f"{LOAD_MESSAGE} {backend['name']} (process {os.getpid()})", file=sys.stderr, flush=True)
+            _LOADED[key] = _load(backend)
     return _LOADED[key]
 
 

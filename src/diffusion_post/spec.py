@@ -1,0 +1,26 @@
+"""What the workflow reads from a figure's resolved parameters while it parses the Snakefile, without torch (so
+a dry run never imports it): the timesteps a figure samples, and the components of a hybrid's factorization."""
+
+
+def strided_timesteps(start: int = 990, stride: int = 30) -> list[int]:
+    """Descending timesteps start, start - stride, ..., down to 0 or the last one above it."""
+    if stride <= 0 or start < 0:
+        raise ValueError(f"strided timesteps need start >= 0 and stride > 0: got start={start}, stride={stride}")
+    return list(range(start, -1, -stride))
+
+
+def evenly_spaced_timesteps(num_steps: int, num_train_timesteps: int = 1000) -> list[int]:
+    """The `num_steps` timesteps diffusers' DDPMScheduler uses by default ("leading" spacing)."""
+    step = num_train_timesteps // num_steps
+    return [i * step for i in reversed(range(num_steps))]
+
+
+def timesteps(spec: dict) -> list[int]:
+    """num_inference_steps evenly spaced (as IF's pipelines), else strided from `start` by `stride`."""
+    if spec.get("num_inference_steps"):
+        return evenly_spaced_timesteps(spec["num_inference_steps"])
+    return strided_timesteps(spec["start"], spec["stride"])
+
+
+# The components of each factorization, in the order of a hybrid's prompts (filters.factorization builds them).
+COMPONENTS = {"low_high": ("low", "high"), "triple_band": ("low", "band", "high"), "gray_color": ("gray", "color")}
