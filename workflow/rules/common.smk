@@ -36,9 +36,7 @@ def figures_in(*sections):
 
 def sampling_inputs(wildcards):
     spec = SPECS[wildcards.figure]
-    inputs = {"code": SAMPLING_CODE}
-    if "image" in spec:
-        inputs["image"] = post_config.input_path(config, spec["image"])
+    inputs = {"code": SAMPLING_CODE, **post_config.input_files(config, spec)}
     if "source" in spec:
         inputs["source"] = f"results/{spec['source']}.safetensors"
     if config["backend"]["name"] == "ideal":  # the user's own images are part of the ideal denoiser
@@ -50,7 +48,7 @@ def sample_figure(wildcards, input, output, params):
     """The body of every sampling rule."""
     make_result(
         wildcards.figure, params.spec, config["backend"],  # params.backend: the part that triggers reruns
-        inputs={"image": input.image} if "image" in input.keys() else {},
+        inputs={key: input[key] for key in ("image", "mask") if key in input.keys()},
         source=input.source if "source" in input.keys() else None,
         output=output[0],
     )
@@ -59,3 +57,8 @@ def sample_figure(wildcards, input, output, params):
 def figure_files():
     """Every image file of the post, in the order of the config."""
     return post_config.figure_files(config)
+
+
+def result_files():
+    """Every raw result: one per figure, and the denoising-metrics table."""
+    return [f"results/{name}.safetensors" for name in FIGURES] + (["results/denoising_metrics.json"] if "metrics" in config["post"] else [])
