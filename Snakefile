@@ -6,7 +6,11 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
+from diffusion_post import interrupt
 from diffusion_post.project import remove_stale_locks
+
+# Ctrl-C also stops a sampling job in its worker thread at the next step (force-use-threads runs jobs in threads).
+interrupt.install()
 
 # A run killed with SIGKILL leaves its locks: without another Snakemake working here, they are stale.
 remove_stale_locks()

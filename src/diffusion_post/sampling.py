@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from . import schedule
+from . import interrupt, schedule
 from .denoiser import ModelFn, split_output
 from .randomness import randn
 
@@ -49,6 +49,7 @@ def sample(
     """
     alphas_cumprod = alphas_cumprod.to(x.device)
     for i, t in enumerate(tqdm(timesteps, disable=not progress, leave=False)):
+        interrupt.check()  # Ctrl-C stops a job running in a worker thread at the next step
         t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
         abar_t, abar_prev = schedule.abar(alphas_cumprod, t), schedule.abar(alphas_cumprod, t_prev)
         eps_hat, v = split_output(model(x, t))
