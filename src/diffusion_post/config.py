@@ -47,7 +47,10 @@ def load_yaml(path: Path | str) -> Any:
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
-        raise ConfigError(f"{path}: {where}: YAML syntax error: {error.problem or error.context}: fix the file there") from None
+        started = (f" ({error.context} on line {error.context_mark.line + 1})"
+                   if error.context and error.context_mark and error.problem_mark else "")
+        raise ConfigError(f"{path}: {where}: YAML syntax error: {error.problem or error.context}{started}: fix the file "
+                          f"there") from None
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: not a YAML text file ({str(error).splitlines()[0]})") from None
 
