@@ -3,6 +3,8 @@
 import hashlib
 from pathlib import Path
 
+import torch
+
 from . import __version__, figures
 from .backends import load_backend
 from .images import atomic_path, load_image, load_result, save_result
@@ -20,7 +22,8 @@ def make_result(name: str, spec: dict, backend: dict, inputs: dict[str, str], so
     )
     tensors = figures.make(ctx)
     parameters = {"figure": name, **spec, "timesteps_sampled": figures.timesteps(spec), "models": cascade.description,
-                  "input_files": {key: file_record(path) for key, path in inputs.items()}, "diffusion_post": __version__}
+                  "input_files": {key: file_record(path) for key, path in inputs.items()}, "diffusion_post": __version__,
+                  "torch_threads": torch.get_num_threads()}  # CPU kernels' results depend on it (bench_reproducibility)
     save_result(tensors, output, parameters)
 
 
