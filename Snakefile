@@ -7,6 +7,24 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
+from diffusion_post import interrupt
+from diffusion_post.project import remove_stale_locks
+
+# Ctrl-C also stops a sampling job in its worker thread at the next step (force-use-threads runs jobs in threads).
+interrupt.install()
+
+# A run killed with SIGKILL leaves its locks: without another Snakemake working here, they are stale.
+remove_stale_locks()
+
+# config.yaml read strictly first (duplicate keys, YAML syntax errors with line and column), one line on error.
+from diffusion_post.config import ConfigError, load_yaml
+
+try:
+    for path in ["config.yaml", *workflow.overwrite_configfiles]:
+        load_yaml(path)
+except ConfigError as error:
+    sys.exit(f"Error: {error}")
+
 
 configfile: "config.yaml"
 
@@ -37,14 +55,19 @@ localrules:
     data,
 
 
+# Every figure and result is a target itself, not only an input of the site: Snakemake does not remake a missing
+# intermediate file whose consumers are up to date, so a deleted figure would otherwise stay deleted.
 rule all:
     """The whole post: figures, markdown, and the built Jekyll site."""
     default_target: True
     input:
         rules.site.output,
+        figure_files(),
+        result_files(),
 
 
 rule figures:
     """Every figure of the post."""
     input:
         figure_files(),
+        result_files(),

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from diffusion_post import guidance, randomness, sampling, techniques
+from diffusion_post import figures, guidance, randomness, sampling, techniques
+from diffusion_post.denoiser import Cascade
 from diffusion_post.randomness import image_generators, image_seed
 
 from conftest import PROMPT
@@ -128,14 +129,62 @@ def test_batched_samples_equal_one_at_a_time(cascade, embeds, short, scale, atol
         torch.testing.assert_close(batched[i:i + 1], alone, rtol=0, atol=atol)
 
 
-def test_an_image_does_not_depend_on_other_figures(cascade, embeds, short):
-    before = _cfg_samples(cascade, embeds, short, image_generators(100, "fig_a", 2))
-    other = image_generators(100, "fig_b", 4)  # another figure's generators, made and used in between
-    _cfg_samples(cascade, embeds, short, other)
-    after = _cfg_samples(cascade, embeds, short, image_generators(100, "fig_a", 2))
+class BatchSpy:
+    """A denoiser that records the batch size of every call and passes it on."""
+
+    def __init__(self, denoiser):
+        self.denoiser, self.batches = denoiser, []
+
+    def __getattr__(self, name):
+        return getattr(self.denoiser, name)
+
+    def __call__(self, x_t, t, embeds, **kwargs):
+        self.batches.append(x_t.shape[0])
+        return self.denoiser(x_t, t, embeds, **kwargs)
+
+
+def _figure_images(cascade, name: str, count: int, technique: str = "sample") -> torch.Tensor:
+    spec = {"technique": technique, "prompt": PROMPT, "prompts": [PROMPT, "a cat"], "views": ["identity", "flip"],
+            "factorization": "low_high", "kernel_size": 5, "sigma": 1.0, "count": count, "seed": 100, "start": 990,
+            "stride": 90, "guidance_scale": 7.0, "unconditional_prompt": "", "thresholding": True}
+    return figures.make(figures.Context(cascade=cascade, name=name, spec=spec))["images"]
+
+
+@pytest.mark.parametrize("technique", ["sample", "anagram", "hybrid"])
+def test_each_image_is_made_by_its_own_denoiser_calls(cascade, technique):
+    """The contract that makes `count` harmless on every CPU: no denoiser call ever holds two images of a figure
+    (CPU kernels change with the batch size, so batching would change image 0 when `count` changes). CFG
+    doubles the batch and an anagram's views multiply it: the batch of one image is the same for every count."""
+    spy = BatchSpy(cascade.stage_1)
+    spied = Cascade(spy, cascade.stage_2, cascade.description)
+    _figure_images(spied, "fig", 1, technique)
+    one = set(spy.batches)
+    spy.batches.clear()
+    _figure_images(spied, "fig", 3, technique)
+    assert set(spy.batches) == one and len(one) == 1, (one, set(spy.batches))
+
+
+def test_an_image_does_not_depend_on_other_figures(cascade):
+    """Bit-identical on any CPU (same machine and libraries): each image has its own generator and its own
+    denoiser calls, so neither another figure nor its own figure's `count` touches its bytes."""
+    before = _figure_images(cascade, "fig_a", 2)
+    _figure_images(cascade, "fig_b", 3)  # another figure made in between
+    after = _figure_images(cascade, "fig_a", 2)
     assert torch.equal(before, after)
-    # image i of a figure is the same whatever the figure's image count
-    assert torch.equal(_cfg_samples(cascade, embeds, short, image_generators(100, "fig_a", 1)), before[:1])
+    assert torch.equal(_figure_images(cascade, "fig_a", 1), before[:1])
+    assert not torch.allclose(before[0], before[1], atol=1e-2)
+
+
+def test_the_last_step_adds_no_noise_whatever_timestep_it_starts_from(cascade, embeds):
+    """iterative_levels from t = 250 by 30 ends at t = 10: its last step goes to the clean image, whose posterior
+    variance is 0, so it must not draw noise (before: it added noise of the learned variance at t = 10)."""
+    model = guidance.conditional(cascade.stage_1, embeds[PROMPT])
+    x = torch.randn((1, 3, 32, 32), generator=torch.Generator().manual_seed(0))
+    alphas_cumprod = cascade.stage_1.alphas_cumprod
+    last = [sampling.sample(model, x, [10], alphas_cumprod, image_generators(0, name, 1)) for name in ("a", "b")]
+    assert torch.equal(last[0], last[1])  # the generator plays no part
+    two = [sampling.sample(model, x, [130, 10], alphas_cumprod, image_generators(0, name, 1)) for name in ("a", "b")]
+    assert not torch.allclose(two[0], two[1], atol=1e-3)  # the step 130 -> 10 does draw noise
 
 
 def test_randn_draws_row_b_from_generator_b():

@@ -1,5 +1,10 @@
 """What the workflow's sampling rules call."""
 
+import hashlib
+from pathlib import Path
+
+import torch
+
 from . import __version__, figures
 from .spec import timesteps
 from .backends import load_backend
@@ -18,8 +23,15 @@ def make_result(name: str, spec: dict, backend: dict, inputs: dict[str, str], so
     )
     tensors = figures.make(ctx)
     parameters = {"figure": name, **spec, "timesteps_sampled": timesteps(spec), "models": cascade.description,
-                  "diffusion_post": __version__}
+                  "input_files": {key: file_record(path) for key, path in inputs.items()}, "diffusion_post": __version__,
+                  "torch_threads": torch.get_num_threads()}  # CPU kernels' results depend on it (bench_reproducibility)
     save_result(tensors, output, parameters)
+
+
+def file_record(path: str) -> dict:
+    """Which file an input was and its content: the name only (figures are published; their metadata must not
+    carry a path of the machine that made them) and the sha256 of its bytes."""
+    return {"file": Path(path).name, "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
 
 
 def write_builtin_input(name: str, output: str) -> None:

@@ -17,12 +17,11 @@ def _figure(args) -> None:
     if args.name not in table:
         raise post_config.ConfigError(f"no figure {args.name!r} in {args.config}: use one of {', '.join(table)}")
     spec = post_config.resolve(config, args.name)
-    inputs = {}
-    if "image" in spec:
-        path = post_config.input_path(config, spec["image"])
-        if not Path(path).exists():
-            write_builtin_input(config["inputs"][spec["image"]].split(":", 1)[1], path)
-        inputs["image"] = path
+    inputs = post_config.input_files(config, spec)
+    for key, path in inputs.items():
+        value = config["inputs"].get(spec[key], "")
+        if value.startswith(post_config.BUILTIN) and not Path(path).exists():
+            write_builtin_input(value[len(post_config.BUILTIN):], path)
     source = f"results/{spec['source']}.safetensors" if "source" in spec else None
     if source and not Path(source).exists():
         raise FileNotFoundError(f"figure {args.name} starts from {source}: make it first (diffusion-post figure {spec['source']})")
@@ -91,9 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
-        print(f"diffusion-post: error: {error}", file=sys.stderr)
+    except (ValueError, OSError, RuntimeError) as error:  # every expected failure: one line, no traceback
+        if isinstance(error, OSError) and error.filename is not None:
+            message = f"{error.filename}: {error.strerror.lower()}: check the path"
+        else:
+            message = " ".join(str(error).split()) or type(error).__name__
+        print(f"diffusion-post: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("diffusion-post: interrupted (nothing half-written is left: every output is written atomically)", file=sys.stderr)
+        return 130
     return 0
 
 

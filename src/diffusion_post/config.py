@@ -1,6 +1,7 @@
 """config.yaml: validation (JSON schema, then the checks a schema cannot express) and each figure's resolved
 parameters. Every problem is one line that says what is wrong and what to do."""
 
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -13,15 +14,49 @@ SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.
 BUILTIN = "builtin:"
 STAGE_1_SIZE = 64  # every backend's stage-I images are 64 x 64
 UPSAMPLABLE = ("text_to_image", "sample", "anagram", "hybrid")
+CONTROL_NAMES = {"\n": "line feed", "\r": "carriage return", "\t": "tab", "\x1b": "escape", "\x00": "null"}
+NO_SCHEDULE = ("forward", "blur", "one_step")  # techniques that never step along a schedule
 
 
 class ConfigError(ValueError):
     pass
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key that a mapping repeats (plain YAML silently keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:  # an unhashable key: the base class says so
+                break
+            if first != key_node.start_mark.line + 1:
+                raise ConfigError(f"{self.name}: line {key_node.start_mark.line + 1}: duplicate key {key!r} "
+                                  f"(also on line {first}): rename or remove one")
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(path: Path | str) -> Any:
+    """The YAML file at `path`, with duplicate keys and syntax errors reported in one line with their position."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.load(f, Loader=_UniqueKeyLoader)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        started = (f" ({error.context} on line {error.context_mark.line + 1})"
+                   if error.context and error.context_mark and error.problem_mark else "")
+        raise ConfigError(f"{path}: {where}: YAML syntax error: {error.problem or error.context}{started}: fix the file "
+                          f"there") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not a YAML text file ({str(error).splitlines()[0]})") from None
+
+
 def load(path: Path | str) -> dict:
-    with open(path) as f:
-        config = yaml.safe_load(f)
+    config = load_yaml(path)
     check(config, Path(path).resolve().parent)
     return config
 
@@ -103,35 +138,155 @@ def input_path(config: dict, key: str, results: str = "results") -> str:
     return f"{results}/inputs/{value[len(BUILTIN):]}.png" if value.startswith(BUILTIN) else value
 
 
+def looks_local(model_id: str) -> bool:
+    """A model given as a local folder rather than a hub id (`org/name`): absolute, starting with . or ~, more or
+    less than one level, or an existing folder."""
+    return model_id.startswith(("/", ".", "~")) or model_id.count("/") != 1 or Path(model_id).exists()
+
+
+def input_files(config: dict, spec: dict, results: str = "results") -> dict[str, str]:
+    """The image files a figure reads, by the spec key that names them: its input image, and a mask given as a
+    file (an `inputs` key or a path; a box mask is no file)."""
+    files = {"image": input_path(config, spec["image"], results)} if "image" in spec else {}
+    if isinstance(spec.get("mask"), str):
+        mask = spec["mask"]
+        files["mask"] = input_path(config, mask, results) if mask in config["inputs"] else mask
+    return files
+
+
+def check_text(value: Any, where: str = "") -> None:
+    """Every key and string of the config on one line: no control characters (a newline in a prompt would end
+    its caption and start markdown of its own), no line or paragraph separators."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_text(key, where)
+            check_text(item, f"{where}/{key}" if where else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            check_text(item, f"{where}/{i}")
+    elif isinstance(value, str):
+        bad = next((c for c in value if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+        if bad is not None:
+            name = CONTROL_NAMES.get(bad) or unicodedata.name(bad, "control character").lower()
+            raise ConfigError(f"config: at {where or 'top level'}: {value[:40]!r} contains U+{ord(bad):04X} ({name}): "
+                              f"write it on one line, without control characters")
+
+
+def check_input(key: str, value: str, root: Path) -> None:
+    """An input image: a shipped one, or a file that opens and decodes completely."""
+    if value.startswith(BUILTIN):
+        from .data.inputs import DEFAULT_INPUTS
+
+        if value[len(BUILTIN):] not in DEFAULT_INPUTS:
+            raise ConfigError(f"config: inputs/{key}: no shipped image {value!r}: use one of "
+                              + ", ".join(BUILTIN + n for n in DEFAULT_INPUTS) + " or a file path")
+        return
+    path = root / value
+    if not path.is_file():
+        what = "is a folder, not an image file" if path.is_dir() else "not found"
+        raise ConfigError(f"config: inputs/{key}: image file {value!r} {what}: fix the path (relative to {root})")
+    from .image_files import ImageFileError, read_rgb
+
+    try:
+        read_rgb(path)
+    except ImageFileError as error:
+        raise ConfigError(f"config: inputs/{key}: {error}") from None
+
+
+def _check_sources(table: dict) -> None:
+    """Every `source` names a figure, and no chain of sources comes back to where it started."""
+    for name, (section, own) in table.items():
+        chain = [name]
+        while "source" in table[chain[-1]][1]:
+            source = table[chain[-1]][1]["source"]
+            if source not in table:
+                raise ConfigError(f"config: figures/{table[chain[-1]][0]}/{chain[-1]}: source {source!r} is not a figure: "
+                                  f"use one of {', '.join(table)}")
+            if source in chain:
+                raise ConfigError(f"config: figures/{section}/{name}: its sources go round in a loop "
+                                  f"({' -> '.join(chain + [source])}): start the chain from a figure without source")
+            chain.append(source)
+
+
+def _check_metrics(config: dict, table: dict) -> None:
+    metrics = config["post"].get("metrics")
+    if metrics is None:
+        return
+    source = metrics["source"]
+    if source not in table or table[source][1]["technique"] != "forward":
+        forwards = [n for n, (_, own) in table.items() if own["technique"] == "forward"]
+        raise ConfigError(f"config: post/metrics/source: {source!r} is not a forward figure: use one of "
+                          f"{', '.join(forwards) or '(none: add a forward figure, or remove post/metrics)'}")
+    for method, name in metrics["methods"].items():
+        own = table.get(name, (None, {}))[1]
+        if own.get("technique") not in ("blur", "one_step", "iterative_levels") or own.get("source") != source:
+            fits = [n for n, (_, o) in table.items() if o.get("source") == source and o["technique"] in ("blur", "one_step", "iterative_levels")]
+            raise ConfigError(f"config: post/metrics/methods/{method}: {name!r} is not a blur, one_step or iterative_levels "
+                              f"figure of {source!r}: use one of {', '.join(fits) or '(none)'}")
+
+
 def check(config: Any, root: Path = Path(".")) -> None:
     """Raise ConfigError with one line for the first problem found."""
     check_schema(config)
+    check_text(config)
     for key, value in config["inputs"].items():
-        if value.startswith(BUILTIN):
-            from .data.inputs import DEFAULT_INPUTS
-
-            if value[len(BUILTIN):] not in DEFAULT_INPUTS:
-                raise ConfigError(f"config: inputs/{key}: no shipped image {value!r}: use one of "
-                                  + ", ".join(BUILTIN + n for n in DEFAULT_INPUTS) + " or a file path")
-        elif not (root / value).is_file():
-            raise ConfigError(f"config: inputs/{key}: image file {value!r} not found: fix the path (relative to {root})")
+        check_input(key, value, root)
     if config["backend"]["name"] == "deepfloyd" and not config["backend"].get("stage_1"):
         raise ConfigError("config: backend/stage_1: the deepfloyd backend needs a stage-I model id or folder")
+    if config["backend"]["name"] == "deepfloyd":
+        for key in ("stage_1", "stage_2", "text_encoder"):
+            value = config["backend"].get(key)
+            if value and looks_local(value) and not (root / Path(value).expanduser()).is_dir():
+                raise ConfigError(f"config: backend/{key}: local model folder {value!r} not found: fix the path (relative "
+                                  f"to {root}), or give a hub id such as DeepFloyd/IF-I-L-v1.0")
 
     table = figure_table(config)
+    _check_sources(table)
     for name, (section, own) in table.items():
         where = f"config: figures/{section}/{name}"
-        spec = resolve(config, name) if own.get("source", name) in table else own
-        if "source" in own and own["source"] not in table:
-            raise ConfigError(f"{where}: source {own['source']!r} is not a figure: use one of {', '.join(table)}")
+        spec = resolve(config, name)
         if "image" in own and own["image"] not in config["inputs"]:
             raise ConfigError(f"{where}: image {own['image']!r} is not a key of inputs: add it there or use one of {', '.join(config['inputs'])}")
-        _check_figure(where, spec, table, config)
+        _check_figure(where, spec, table, config, root)
+    _check_metrics(config, table)
 
 
-def _check_figure(where: str, spec: dict, table: dict, config: dict) -> None:
+def _check_mask_file(where: str, mask: str, config: dict, root: Path) -> None:
+    """A mask image: an `inputs` key (checked with the inputs) or a readable image file with some white in it."""
+    if mask in config["inputs"]:
+        value = config["inputs"][mask]
+        if value.startswith(BUILTIN):
+            raise ConfigError(f"{where}: mask {mask!r} is a shipped photo, not a mask: give a black-and-white image file "
+                              f"(white = new content) or a box [top, bottom, left, right]")
+        path = root / value
+    else:
+        path = root / mask
+        if not path.is_file():
+            raise ConfigError(f"{where}: mask {mask!r} is neither a key of inputs nor an image file: give a box "
+                              f"[top, bottom, left, right], an inputs key or the path of a black-and-white image")
+    from .image_files import ImageFileError, read_rgb
+
+    try:
+        gray = read_rgb(path).convert("L").resize((STAGE_1_SIZE, STAGE_1_SIZE))
+    except ImageFileError as error:
+        raise ConfigError(f"{where}: mask: {error}") from None
+    if gray.getextrema()[1] <= 127:
+        raise ConfigError(f"{where}: mask {mask!r} has no white pixel (white = new content): nothing would be inpainted")
+
+
+def _check_figure(where: str, spec: dict, table: dict, config: dict, root: Path = Path(".")) -> None:
     technique = spec["technique"]
     steps = timesteps(spec)
+    if len(steps) < 2 and technique not in NO_SCHEDULE:
+        if spec.get("num_inference_steps"):
+            raise ConfigError(f"{where}: num_inference_steps {spec['num_inference_steps']} gives one timestep: use 2 or more")
+        raise ConfigError(f"{where}: stride {spec['stride']} is larger than start {spec['start']}, so the schedule is the "
+                          f"single timestep {steps[0]}: " + (f"use a stride of at most {spec['start']}" if spec["start"] else "use a start above 0"))
+    if technique == "iterative_levels":
+        lowest = min(table[spec["source"]][1].get("timesteps", [spec["stride"]]))
+        if spec["stride"] > lowest:
+            raise ConfigError(f"{where}: stride {spec['stride']} is larger than the noise level t = {lowest} it denoises "
+                              f"from, which would be a single step: use a stride of at most {lowest}")
     for i in spec.get("i_starts", []) + ([spec["i_start"]] if "i_start" in spec else []):
         if i >= len(steps):
             raise ConfigError(f"{where}: i_start {i} is past the schedule of {len(steps)} timesteps "
@@ -143,7 +298,9 @@ def _check_figure(where: str, spec: dict, table: dict, config: dict) -> None:
             raise ConfigError(f"{where}: stage II needs backend/stage_2 set to a stage-II model")
     if technique in ("blur", "one_step", "iterative_levels") and table[spec["source"]][1]["technique"] != "forward":
         raise ConfigError(f"{where}: {technique} starts from the noisy images of a forward figure, not {spec['source']!r}")
-    if "mask" in spec:
+    if isinstance(spec.get("mask"), str):
+        _check_mask_file(where, spec["mask"], config, root)
+    elif "mask" in spec:
         top, bottom, left, right = spec["mask"]
         if not (0 <= top < bottom <= STAGE_1_SIZE and 0 <= left < right <= STAGE_1_SIZE):
             raise ConfigError(f"{where}: mask {spec['mask']} must be [top, bottom, left, right] with "

@@ -2,7 +2,8 @@
 
 A recipe returns {"images": (N, 3, H, W) in [-1, 1], ...extras}; tiling, labels and PNG writing happen later
 (layout.py), so re-laying out a figure never reruns a model. Each image draws from its own generator
-(seed, figure name, image index).
+(seed, figure name, image index) and is made by its own denoiser calls (never batched with the figure's other
+images), so an image's bytes do not depend on how many images its figure has: CPU kernels change with the batch size.
 """
 
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ class Context:
     cascade: Cascade
     name: str  # the figure's name: part of every image's seed
     spec: dict  # the figure's resolved parameters
-    images: dict[str, Tensor] = field(default_factory=dict)  # input images by spec key, (1, 3, 64, 64)
+    images: dict[str, Tensor] = field(default_factory=dict)  # input images by spec key ("image", "mask"), (1, 3, 64, 64)
     source: dict[str, Tensor] | None = None  # result of the figure named by spec["source"]
     progress: bool = False
 
@@ -93,9 +94,9 @@ def text_to_image(ctx: Context) -> dict[str, Tensor]:
 
 
 def sample(ctx: Context) -> dict[str, Tensor]:
-    """`count` samples of one prompt from pure noise, batched (each with its own generator)."""
-    count = ctx.spec["count"]
-    return {"images": _from_noise(ctx, guide(ctx)(ctx.cascade.stage_1), ctx.generators(count))}
+    """`count` samples of one prompt from pure noise, one at a time (each with its own generator)."""
+    model = guide(ctx)(ctx.cascade.stage_1)
+    return {"images": torch.cat([_from_noise(ctx, model, [g]) for g in ctx.generators(ctx.spec["count"])])}
 
 
 def anagram(ctx: Context) -> dict[str, Tensor]:
@@ -138,8 +139,9 @@ def forward(ctx: Context) -> dict[str, Tensor]:
 
 
 def blur(ctx: Context) -> dict[str, Tensor]:
-    """Gaussian blur of each noisy image of the source."""
-    return {"images": techniques.blur_denoise(ctx.source["noisy"], ctx.spec["kernel_size"], ctx.spec["sigma"])}
+    """Gaussian blur of each noisy image of the source (one at a time)."""
+    return {"images": torch.cat([techniques.blur_denoise(x[None], ctx.spec["kernel_size"], ctx.spec["sigma"])
+                                 for x in ctx.source["noisy"]])}
 
 
 def one_step(ctx: Context) -> dict[str, Tensor]:
@@ -200,11 +202,17 @@ def box_mask(box: list[int], size: int) -> Tensor:
     return mask
 
 
+def file_mask(image: Tensor) -> Tensor:
+    """(1, 1, H, W) from a mask image (1, 3, H, W) in [-1, 1]: 1 where it is light (white = new content), 0 where dark."""
+    return (image.mean(1, keepdim=True) > 0).float()
+
+
 def inpaint(ctx: Context) -> dict[str, Tensor]:
-    """The input, the mask, the part kept, and the inpainted result."""
+    """The input, the mask (a box, or an image file where white is new content), the part kept, the result."""
     stage_1 = ctx.cascade.stage_1
     x0 = ctx.images["image"].to(_device(stage_1))
-    mask = box_mask(ctx.spec["mask"], x0.shape[-1]).to(x0)
+    box = ctx.spec["mask"]
+    mask = (file_mask(ctx.images["mask"]) if isinstance(box, str) else box_mask(box, x0.shape[-1])).to(x0)
     (g,) = ctx.generators(1)
     model = guide(ctx)(stage_1)
     result = techniques.inpaint(model, x0, mask, timesteps(ctx.spec), stage_1.alphas_cumprod, [g],

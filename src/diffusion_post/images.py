@@ -2,6 +2,7 @@
 
 import json
 import os
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -12,26 +13,43 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from .image_files import read_rgb
+
 METADATA_KEY = "parameters"
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (/proc), else set and restored."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; it replaces `path` only if the block succeeds."""
+    """Yield a temporary path next to `path`; it replaces `path` only if the block succeeds, with the mode any new
+    file gets (0666 less the umask: some writers, such as safetensors, create their files 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp{path.suffix}")
     try:
         yield tmp
+        tmp.chmod(0o666 & ~_umask())
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def load_image(path: Path | str, size: int) -> Tensor:
-    """The course's `process`: RGB, resize the short side to `size`, center crop; (1, 3, size, size) in [-1, 1]."""
-    with Image.open(path) as image:
-        image = image.convert("RGB")
+    """The course's `process`: RGB (image_files.read_rgb: any bit depth, transparency on white), resize the short
+    side to `size`, center crop; (1, 3, size, size) in [-1, 1]."""
+    image = read_rgb(path)
     scale = size / min(image.size)
     w, h = max(size, round(image.width * scale)), max(size, round(image.height * scale))
     image = image.resize((w, h), Image.Resampling.BICUBIC)
@@ -43,10 +61,6 @@ def load_image(path: Path | str, size: int) -> Tensor:
 def to_tensor(image: Image.Image) -> Tensor:
     array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1
     return torch.from_numpy(array).permute(2, 0, 1)[None].contiguous()
-
-
-
-
 
 
 def save_result(tensors: dict[str, Tensor], path: Path | str, parameters: dict) -> None:

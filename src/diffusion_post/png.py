@@ -35,9 +35,24 @@ def save_png(image: Image.Image, path: Path | str, parameters: dict) -> None:
 
 
 def read_parameters(path: Path | str) -> dict:
-    with Image.open(path) as image:
-        text = image.text.get(METADATA_KEY) if hasattr(image, "text") else None
+    """The parameters a figure PNG carries; one-line ValueError for a folder, a non-image, a truncated file."""
+    from .image_files import UNREADABLE
+
+    if Path(path).is_dir():
+        raise ValueError(f"{path} is a folder: give a figure PNG, e.g. figures/forward.png")
+    try:
+        with Image.open(path) as image:
+            image.load()  # reads every chunk: a truncated file fails here
+            text = image.text.get(METADATA_KEY) if hasattr(image, "text") else None
+    except FileNotFoundError:
+        raise
+    except UNREADABLE as error:
+        raise ValueError(f"{path} is not a readable PNG ({str(error).splitlines()[0] if str(error) else type(error).__name__}): "
+                         f"give a figure made by this project") from None
     if text is None:
         raise ValueError(f"{path} carries no '{METADATA_KEY}' metadata: it was not made by this project")
-    return json.loads(text)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: its '{METADATA_KEY}' metadata is not JSON ({error}): it was not made by this project") from None
 

@@ -25,6 +25,27 @@ def escape_markdown(text: str) -> str:
     return _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(str(text), quote=True))
 
 
+def code_span(text: str) -> str:
+    """Text as a markdown code span that shows it literally: fenced by more backticks than it contains in a row,
+    padded with spaces (which kramdown strips) so a backtick at either end cannot join the fence."""
+    text = str(text)
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    return f"{fence} {text} {fence}" if "`" in text else f"{fence}{text}{fence}"
+
+
+def input_name(value: str) -> str:
+    """What the post shows for an input image: `builtin:NAME`, or a file's name only (never a path of the machine
+    that built the post)."""
+    return value if value.startswith("builtin:") else Path(value).name
+
+
+def model_name(value: str | None) -> str:
+    """A model as the post shows it: a hub id (`org/name`) as it is, a local folder by its name only."""
+    value = str(value)
+    hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", value) and not value.startswith(".") and not Path(value).exists()
+    return value if hub_id else Path(value).name
+
+
 def environment(templates: Path | str) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates)),
@@ -35,6 +56,8 @@ def environment(templates: Path | str) -> jinja2.Environment:
         trim_blocks=True, lstrip_blocks=True,
     )
     env.filters["md"] = escape_markdown
+    env.filters["code"] = code_span
+    env.filters["input_name"] = input_name
     # no-math: MathJax must not read a `$` in a prompt as the start of an equation
     env.filters["prompt"] = lambda text: f'<span class="no-math">“{escape_markdown(text)}”</span>'
     env.globals["schedule_of"] = timesteps
@@ -46,8 +69,9 @@ def backend_summary(models: dict) -> str:
     """One sentence naming what made the figures; never calls an embedded-default figure DeepFloyd output."""
     name = models.get("backend")
     if name == "deepfloyd":
-        return (f"DeepFloyd IF through diffusers: stage I `{models['stage_1']}`, stage II `{models.get('stage_2')}`, "
-                f"prompt embeddings from `{models.get('text_encoder')}` ({models.get('dtype')})")
+        stage_1, stage_2, encoder = (code_span(model_name(models.get(k))) for k in ("stage_1", "stage_2", "text_encoder"))
+        return (f"DeepFloyd IF through diffusers: stage I {stage_1}, stage II {stage_2}, "
+                f"prompt embeddings from {encoder} ({models.get('dtype')})")
     if name == "ideal":
         return (f"the embedded ideal backend, not DeepFloyd IF: the exact denoiser over {models.get('images')} "
                 f"captioned images ({models.get('dataset')}), prompts matched by {models.get('text_encoder')}")

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from . import schedule
+from . import interrupt, schedule
 from .denoiser import ModelFn, split_output
 from .randomness import randn
 
@@ -41,11 +41,15 @@ def sample(
     """Ancestral sampling over descending `timesteps` with the model's learned-range variance.
 
     Each step t -> t' (the next timestep, or a clean image after the last) applies DDPM eq. 15 (x0_hat),
-    eq. 7 (posterior mean) and improved-DDPM eq. 15 (variance); noise is added while t > 0.
+    eq. 7 (posterior mean) and improved-DDPM eq. 15 (variance). Noise is added on every step but the last: its
+    target is the clean image (t' = -1, abar_t' = 1), whose posterior variance beta_tilde is 0. For schedules that
+    end at t = 0 this is diffusers' `t > 0` rule; schedules that end above 0 (iterative_levels from t = 250 by 30
+    ends at 10) end clean too.
     x: (B, C, H, W) at timesteps[0]; generators: one per image.
     """
     alphas_cumprod = alphas_cumprod.to(x.device)
     for i, t in enumerate(tqdm(timesteps, disable=not progress, leave=False)):
+        interrupt.check()  # Ctrl-C stops a job running in a worker thread at the next step
         t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
         abar_t, abar_prev = schedule.abar(alphas_cumprod, t), schedule.abar(alphas_cumprod, t_prev)
         eps_hat, v = split_output(model(x, t))
@@ -54,7 +58,7 @@ def sample(
         if thresholding is not None:
             x0_hat = schedule.dynamic_threshold(x0_hat, thresholding.ratio, thresholding.max_value)
         x = schedule.posterior_mean(x, x0_hat, abar_t, abar_prev)
-        if t > 0:
+        if t_prev >= 0:
             log_variance = schedule.learned_range_log_variance(v, abar_t, abar_prev)
             x = x + (0.5 * log_variance).exp() * randn(x.shape[1:], generators, like=x)
         if projection is not None:

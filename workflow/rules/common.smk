@@ -40,9 +40,7 @@ def figures_in(*sections):
 
 def sampling_inputs(wildcards):
     spec = SPECS[wildcards.figure]
-    inputs = {"code": SAMPLING_CODE}
-    if "image" in spec:
-        inputs["image"] = post_config.input_path(config, spec["image"])
+    inputs = {"code": SAMPLING_CODE, **post_config.input_files(config, spec)}
     if "source" in spec:
         inputs["source"] = f"results/{spec['source']}.safetensors"
     if config["backend"]["name"] == "trained":  # retrained weights rerun the figures (not SHIPPED.json, the output
@@ -59,7 +57,7 @@ def sample_figure(wildcards, input, output, params):
 
     make_result(
         wildcards.figure, params.spec, config["backend"],  # params.backend: the part that triggers reruns
-        inputs={"image": input.image} if "image" in input.keys() else {},
+        inputs={key: input[key] for key in ("image", "mask") if key in input.keys()},
         source=input.source if "source" in input.keys() else None,
         output=output[0],
     )
@@ -83,3 +81,8 @@ def made_by(wildcards, input):
     return {"figure": wildcards.figure, "technique": parameters["technique"],
             "sampled by": f"rule sample_{FIGURES[wildcards.figure][0]}",
             "code": f"diffusion_post {parameters['diffusion_post']}", "models": str(parameters["models"])}
+
+
+def result_files():
+    """Every raw result: one per figure, and the denoising-metrics table."""
+    return [f"results/{name}.safetensors" for name in FIGURES] + (["results/denoising_metrics.json"] if "metrics" in config["post"] else [])

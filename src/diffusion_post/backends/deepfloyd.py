@@ -7,10 +7,9 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from ..config import looks_local
 from ..denoiser import Cascade, StageTwo
-from .prompt_cache import Encoder, PromptCache
-
-MAX_TOKENS = 77  # IF pads and truncates prompts to 77 T5 tokens
+from .prompt_cache import MAX_TOKENS, Encoder, PromptCache
 
 
 class ModelUnavailable(RuntimeError):
@@ -19,9 +18,17 @@ class ModelUnavailable(RuntimeError):
 
 def _load(loader, model_id: str, **kwargs):
     """from_pretrained with one clear message when weights are missing, gated or offline."""
+    if looks_local(model_id) and not Path(model_id).is_dir():
+        raise ModelUnavailable(f"local model folder {model_id!r} not found: fix the path in backend/ of config.yaml "
+                               f"(a folder in the hub layout, with {kwargs.get('subfolder', 'unet')}/ inside)")
     try:
         return loader.from_pretrained(model_id, **kwargs)
     except (OSError, ValueError, EnvironmentError) as error:
+        if Path(model_id).is_dir():
+            raise ModelUnavailable(
+                f"cannot load {kwargs.get('subfolder', '')!s} from the local folder {model_id!r}: it needs the hub "
+                f"layout with {kwargs.get('subfolder', '')}/ and its weights inside "
+                f"({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''})") from None
         raise ModelUnavailable(
             f"cannot load {kwargs.get('subfolder', '')!s} of {model_id!r}: accept the DeepFloyd licence on the "
             f"Hugging Face hub and run `hf auth login`, or set the model to a local folder with the weights "

@@ -4,8 +4,10 @@ The text encoder is loaded only when a prompt is not cached yet, so sampling run
 """
 
 import hashlib
+import pickle
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -14,6 +16,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 Encoder = Callable[[Sequence[str]], Tensor]
+MAX_TOKENS = 77  # IF pads and truncates prompts to 77 T5 tokens
+T5_WIDTHS = {"DeepFloyd/IF-I-XL-v1.0": 4096, "DeepFloyd/IF-I-L-v1.0": 4096, "DeepFloyd/IF-I-M-v1.0": 4096}  # T5-XXL
 
 
 def _slug(name: str) -> str:
@@ -25,6 +29,8 @@ class PromptCache:
 
     def __init__(self, cache_dir: Path | str, encoder_name: str, make_encoder: Callable[[], Encoder]):
         self.folder = Path(cache_dir) / _slug(encoder_name)
+        self.encoder_name = encoder_name
+        self.width = T5_WIDTHS.get(encoder_name)  # embedding width, where known without loading the encoder
         self.make_encoder = make_encoder
         self._encoder: Encoder | None = None
 
@@ -51,9 +57,29 @@ class PromptCache:
     def import_dict(self, path: Path | str) -> int:
         """Import a {prompt: (1, 77, D) tensor} file such as the course's prompt_embeds_dict.pth,
         read with weights_only=True so no arbitrary objects are unpickled. Returns the count imported."""
-        table = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch warns about pickle protocols before it refuses a file
+                table = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise ValueError(f"{path}: refused: it holds Python objects besides tensors, and unpickling them could run "
+                             f"code: save a {{prompt: tensor}} dictionary of plain tensors with torch.save") from None
+        except Exception as error:  # other formats, truncated files: many exception types
+            raise ValueError(f"{path}: not a torch.save file ({type(error).__name__}: {str(error)[:80]}): save a "
+                             f"{{prompt: tensor}} dictionary with torch.save") from None
         if not isinstance(table, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in table.items()):
-            raise ValueError(f"{path}: expected a dictionary of prompt -> tensor")
+            raise ValueError(f"{path}: expected a dictionary of prompt -> tensor, got {type(table).__name__}")
+        if not table:
+            raise ValueError(f"{path}: the dictionary holds no prompts")
+        shapes = {tuple(v.shape[-2:]) if v.dim() in (2, 3) else tuple(v.shape) for v in table.values()}
+        for prompt, embeds in table.items():
+            if not (embeds.is_floating_point() and (embeds.dim() == 2 or (embeds.dim() == 3 and embeds.shape[0] == 1))
+                    and embeds.shape[-2] == MAX_TOKENS and len(shapes) == 1):
+                raise ValueError(f"{path}: the embedding of {prompt[:40]!r} is {embeds.dtype} {tuple(embeds.shape)}: expected "
+                                 f"float (1, {MAX_TOKENS}, D) or ({MAX_TOKENS}, D), one D for all prompts (got {sorted(shapes)})")
+        if self.width is not None and shapes != {(MAX_TOKENS, self.width)}:
+            raise ValueError(f"{path}: embeddings are {sorted(shapes)[0]} per prompt but {self.encoder_name} makes "
+                             f"({MAX_TOKENS}, {self.width}): import embeddings of that text encoder")
         for prompt, embeds in table.items():
             self.store(prompt, embeds if embeds.dim() == 3 else embeds[None])
         return len(table)

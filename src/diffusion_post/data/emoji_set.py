@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..image_files import on_background, read_rgb
+
 FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")  # Debian/Ubuntu package fonts-noto-color-emoji
 FONT_SIZE = 109  # the only size of the font's bitmap strikes; a glyph is 136 x 128 px
 CANVAS = 160  # glyphs are centred on a white 160 px square (a margin like a photographed object), then resized
 SIZE = 128  # stored resolution; stage I uses 64 px, stage II upsamples to 256 px on the fly
-BACKGROUND = (255, 255, 255)  # white, as emoji are usually shown
 VERSION = 1  # bump when the rendering changes, so cached files are rebuilt
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
 
@@ -36,12 +37,6 @@ def caption(ch: str) -> str:
     from emoji import EMOJI_DATA
 
     return EMOJI_DATA[ch]["en"].strip(":").replace("_", " ").replace("\u2019", "'")
-
-
-def on_background(image: Image.Image) -> Image.Image:
-    """RGB, with any transparency composited onto BACKGROUND."""
-    image = image.convert("RGBA")
-    return Image.alpha_composite(Image.new("RGBA", image.size, BACKGROUND + (255,)), image).convert("RGB")
 
 
 def render(ch: str, font: ImageFont.FreeTypeFont) -> np.ndarray | None:
@@ -105,6 +100,6 @@ def load_folder(folder: Path | str, size: int = SIZE) -> tuple[np.ndarray, list[
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
-    images = [fit_square(Image.open(p), size) for p in files]
+    images = [fit_square(read_rgb(p), size) for p in files]
     names = [captions.get(p.name, p.stem.replace("_", " ").replace("-", " ")) for p in files]
     return np.stack(images), names

@@ -1,0 +1,38 @@
+"""Ctrl-C stops sampling at the next step, also in the worker threads that run Snakemake's jobs.
+
+With the profile's force-use-threads, jobs run in threads of the Snakemake process; SIGINT raises KeyboardInterrupt
+in the main thread only, and Snakemake then waits for running jobs to finish ("this might take some time"). The
+handler installed here also sets STOP, which every sampling step checks, so an interrupted job ends within one
+denoiser call and writes nothing (outputs are written atomically).
+"""
+
+import signal
+import threading
+
+STOP = threading.Event()
+
+
+class Interrupted(KeyboardInterrupt):
+    pass
+
+
+def install() -> None:
+    """In the main thread: on SIGINT set STOP, then do what SIGINT did before (Snakemake's own handling)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        STOP.set()
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+
+
+def check() -> None:
+    """Raise Interrupted if Ctrl-C was pressed."""
+    if STOP.is_set():
+        raise Interrupted("interrupted by Ctrl-C: nothing was written")
