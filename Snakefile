@@ -24,6 +24,7 @@ rule all:
 
 
 rule figures:
-    """Every figure of the post."""
+    """Every figure of the post, and the frames of its interactive figures."""
     input:
         figure_files(),
+        frame_files(),

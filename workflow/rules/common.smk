@@ -12,6 +12,7 @@ except post_config.ConfigError as error:
 
 FIGURES = post_config.figure_table(config)  # name -> (section, own parameters)
 SPECS = {name: post_config.resolve(config, name) for name in FIGURES}
+FRAMES = post_config.figure_frames(config)  # interactive figure -> its frame files
 PACKAGE = Path("src/diffusion_post")  # relative, so a moved or copied project keeps its build state
 # Not used by sampling jobs: their edits must not rerun the models.
 NOT_SAMPLING = {"layout.py", "png.py", "post.py", "site.py", "cli.py", "config.py", "project.py"}
@@ -59,3 +60,8 @@ def sample_figure(wildcards, input, output, params):
 def figure_files():
     """Every image file of the post, in the order of the config."""
     return post_config.figure_files(config)
+
+
+def frame_files():
+    """Every frame of the post's interactive figures."""
+    return [f for files in FRAMES.values() for f in files]
