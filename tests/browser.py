@@ -192,9 +192,16 @@ async () => {
   const width = window.innerWidth;
   const describe = e => e.tagName.toLowerCase() + (e.id ? '#' + e.id : '') +
     (e.className && typeof e.className === 'string' ? '.' + e.className.trim().split(/\s+/).join('.') : '');
+  // Wider than the window, and not inside a box that scrolls or clips it (a long equation, a wide table).
+  const contained = e => {
+    for (let a = e.parentElement; a && a !== document.body; a = a.parentElement) {
+      if (getComputedStyle(a).overflowX !== 'visible') { return true; }
+    }
+    return false;
+  };
   const wide = Array.from(document.body.querySelectorAll('*')).filter(e => {
     const r = e.getBoundingClientRect();
-    return r.width > 0 && r.right > width + 0.5 && !e.closest('mjx-container[display="true"]');
+    return r.width > 0 && r.right > width + 0.5 && !contained(e);
   }).map(e => describe(e) + ' (' + Math.round(e.getBoundingClientRect().right) + ' px)');
   return {
     title: document.title,

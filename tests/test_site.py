@@ -66,7 +66,7 @@ cost = "$5"  # $x_t$
 """
 
 
-# What the checks must catch: a missing figure, a script error, TeX errors.
+# What the checks must catch: a missing figure, a script error, TeX errors, a box wider than the window.
 BROKEN = r"""---
 title: Broken
 require-mathjax: true
@@ -77,6 +77,8 @@ require-mathjax: true
 An unknown macro $$\epsilonn_t$$ and a missing argument $$\frac{a}$$.
 
 <script>throw new Error("boom");</script>
+
+<div class="too-wide" style="width: 3000px">A box wider than any window.</div>
 """
 
 
@@ -194,6 +196,7 @@ def test_no_errors_and_nothing_from_outside(reports):
         assert report.js_errors == [], name
         assert report.failed_requests == [], name
         assert report.external_requests == [], name
+        assert report.requests >= 1 + report.images, name  # the page itself and its images at least were seen
         assert report.ok, name
 
 
@@ -212,6 +215,7 @@ def test_the_check_catches_broken_figures_scripts_and_tex(reports):
     assert any("missing.png (404)" in r for r in broken.failed_requests)
     assert any("boom" in e for e in broken.js_errors)
     assert len(broken.math_errors) == 2 and "epsilonn" in broken.math_errors[0]
+    assert broken.overflows and [e.split(" (")[0] for e in broken.wide_elements] == ["div.too-wide"]
     assert not broken.ok
 
 
