@@ -67,7 +67,8 @@ rule all:
 
 
 rule figures:
-    """Every figure of the post."""
+    """Every figure of the post, and the frames of its interactive figures."""
     input:
         figure_files(),
         result_files(),
+        frame_files(),

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the Debian packages the site build and the browser checks need:
-# jekyll (build), chromium (headless checks), fonts-noto-color-emoji (default images),
+# jekyll (build), chromium (headless checks, driven by pip's playwright), fonts-noto-color-emoji (default images),
 # slurm-wlm and munge (the single-node SLURM cluster of tests/test_slurm.py, scripts/slurm_cluster.sh),
 # and npm only when no npm is on PATH (it fetches MathJax once).
 # Idempotent: does nothing, not even `apt-get update`, when everything is installed.

@@ -1,6 +1,11 @@
 """Shared fixtures: one tiny random IF cascade (stage I 32 px, stage II 64 px) written in the hub layout and
-loaded through the same code that loads DeepFloyd IF, plus its prompt embeddings."""
+loaded through the same code that loads DeepFloyd IF, plus its prompt embeddings; the whole post built once
+(`build`) and one headless Chromium (`browser`) for the tests that read it."""
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,3 +68,52 @@ def stage_1_scheduler(tiny_folders):
         return DDPMScheduler.from_pretrained(tiny_folders[0], subfolder="scheduler", **overrides)
 
     return make
+
+
+# ------------------------------------------------------------------ the built post and a browser, shared by test files
+
+IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def needs(tool: str, available: bool | None = None):
+    """Skip when `tool` is missing, except under CI=true, where the test runs (and fails): a missing install step
+    cannot pass unnoticed."""
+    available = shutil.which(tool) is not None if available is None else available
+    return pytest.mark.skipif(not available and not IN_CI, reason=f"{tool} not installed (runs under CI=true)")
+
+
+def snakemake(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    run = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
+@pytest.fixture(scope="session")
+def build(tmp_path_factory) -> Path:
+    """A copy of the project, built once by `snakemake --cores 1` for every test file that reads the whole post.
+    The backend's caches (emoji set, prompt embeddings) are shared with the project."""
+    from diffusion_post.project import copy_project
+
+    root = tmp_path_factory.mktemp("post")
+    copy_project(ROOT, root, ROOT / ".cache")
+    run = snakemake(root, "--cores", "1")
+    (root / "build.log").write_text(run.stderr)  # what the build printed (e.g. its model loads)
+    return root
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium (Playwright on Debian's chromium) for the whole session."""
+    from browser import Browser, chromium_path
+
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        if IN_CI:
+            raise
+        pytest.skip("playwright not installed (pip install -r requirements.txt)")
+    if chromium_path() is None and not IN_CI:
+        pytest.skip("chromium not installed (scripts/install_system_deps.sh; runs under CI=true)")
+    with Browser() as session_browser:
+        yield session_browser

@@ -567,19 +567,18 @@ def test_inputs_show_by_name_and_mask_file(project):
 # --- hostile prompts in the browser ----------------------------------------------------------------------------------
 
 def page_facts(url: str) -> dict:
-    """What a reader's browser ends up with on the page at `url`: the DOM after its scripts ran (headless Chromium's
-    --dump-dom) and the console errors (site.check_page). The one place this file touches a browser: port it to
-    whatever drives Chromium in the project (a Playwright/Selenium helper) by reimplementing this function.
+    """What a reader's browser ends up with on the page at `url`: the DOM after its scripts ran and the console
+    errors, through the reader's checks of tests/browser.py (Playwright on Debian's chromium).
 
     Returns {"title", "h1", "scripts": [src or inline text], "handlers": ["tag onX"], "images": [src],
     "alts": [alt], "pwned": bool, "captions": [text], "code": [text], "js_errors": [...]}."""
     from html.parser import HTMLParser
 
-    from diffusion_post import site
+    from browser import Browser
 
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    dom = subprocess.run([chromium, *site._CHROMIUM_FLAGS[:3], "--virtual-time-budget=10000", "--dump-dom", url],
-                         capture_output=True, text=True, timeout=120).stdout
+    with Browser() as chromium, chromium.open(url) as (page, report):
+        page.wait_for_timeout(500)  # let MathJax and the figure script finish
+        dom, js_errors = page.content(), list(report.js_errors)
     facts = {"title": "", "h1": "", "scripts": [], "handlers": [], "images": [], "alts": [], "pwned": False,
              "captions": [], "code": []}
 
@@ -623,23 +622,25 @@ def page_facts(url: str) -> dict:
                 self.texts[len(self.stack)].append(data)
 
     Reader(convert_charrefs=True).feed(dom)
-    facts["js_errors"] = site.check_page(url).js_errors
+    facts["js_errors"] = js_errors
     return facts
 
 
 @pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser") or os.environ.get("CI")),
                     reason="needs Debian's chromium (scripts/install_system_deps.sh); required when CI is set")
 def test_hostile_prompts_are_shown_literally(project):
+    from browser import serve_directory
+
     from diffusion_post import site
 
     site_dir = project / "site" / "_site"
     page = site.built_post_path(site_dir, next((project / "site" / "_posts").glob("*.md")).name)
-    with site.serve_directory(site_dir) as base:
+    with serve_directory(site_dir) as base:
         facts = page_facts(f"{base}/{page.relative_to(site_dir).as_posix()}")
     title = project_config(ROOT / ".cache")["post"]["title"]
     assert not facts["pwned"] and facts["title"].startswith(title)  # no script ran (it would set the title to PWNED)
     assert not facts["handlers"]  # no element with an event handler
-    assert all(src.startswith("/assets/figures/") for src in facts["images"]), facts["images"]
+    assert all(re.fullmatch(r"(\.\./)*assets/figures/[\w/.-]+", src) for src in facts["images"]), facts["images"]
     assert not any("PWNED" in s or "onerror" in s for s in facts["scripts"])
     layout_scripts = sum(p.read_text().count("<script") for p in (project / "site" / "_layouts").glob("*.html"))
     assert len(facts["scripts"]) == layout_scripts, facts["scripts"]

@@ -45,10 +45,11 @@ def fake_metrics(config: dict) -> dict:
 
 def context(config: dict, models: dict = IDEAL, metrics: dict | None | str = "fake") -> dict:
     specs = specs_of(config)
-    files = post_config.figure_files(config)
+    images = post.image_context(post_config.figure_files(config), post_config.figure_frames(config),
+                                size_of=lambda f: (64 * (1 + len(f) % 3), 64))  # no files: made-up sizes
     return {
         "post": config["post"], "seed": config["seed"], "defaults": config["defaults"], "inputs": config["inputs"],
-        "fig": specs, "url": {Path(f).name: post.FIGURE_URL.format(Path(f).name) for f in files},
+        "fig": specs, **images, "frame_values": lambda spec: post_config.frame_values(spec, specs),
         "models": models, "backend_summary": post.backend_summary(models),
         "metrics": fake_metrics(config) if metrics == "fake" else metrics,
     }
@@ -79,15 +80,61 @@ def text(ctx) -> str:
     return render(ctx)
 
 
-def test_every_figure_file_is_shown_with_a_caption(ctx, text):
+def figure_urls(ctx: dict) -> dict[str, str]:
+    """The URLs of the figure files, not of the interactive figures' frames (NAME/frame-K.png)."""
+    return {file: url for file, url in ctx["url"].items() if "/" not in file}
+
+
+IMAGE = re.compile(r'!\[[^\n]+\]\(((?:\.\./){3}assets/figures/[^)\s/]+)\)\{: (?:\.plot )?width="(\d+)" height="(\d+)"'
+                   r'(?: data-frames="([^"]+)" data-frame-size="\d+ \d+" data-labels="([^"|]+)" '
+                   r'data-control="(range|toggle)" data-name="(t|i_start|denoising step|view)")?\}')
+
+
+def test_every_figure_file_is_shown_with_a_caption_and_its_size(ctx, text):
     lines = text.splitlines()
-    for file, url in ctx["url"].items():
-        assert f"]({url})" in text, f"{file} is not shown"
+    for file, url in figure_urls(ctx).items():
+        assert f"]({url}){{: " in text, f"{file} is not shown"
     images = [i for i, line in enumerate(lines) if line.startswith("![")]
-    assert len(images) == len(ctx["url"])
+    assert len(images) == len(figure_urls(ctx))
     for i in images:
-        assert re.fullmatch(r"!\[[^\n]+\]\(/assets/figures/[^)\s]+\)", lines[i]), lines[i]
+        match = IMAGE.fullmatch(lines[i])
+        assert match, lines[i]
+        file = match.group(1).rsplit("/", 1)[1]
+        assert (int(match.group(2)), int(match.group(3))) == tuple(ctx["size"][file])
         assert lines[i + 1] == "" and lines[i + 2].strip() and lines[i + 3] == "{: .caption}", lines[i:i + 4]
+
+
+def test_interactive_figures_list_their_frames_and_labels(ctx, text):
+    shown = {}
+    for line in text.splitlines():
+        match = IMAGE.fullmatch(line)
+        if match and match.group(4):
+            shown[match.group(1).rsplit("/", 1)[1][:-4]] = (match.group(4).split(" "), match.group(5).split(";"), match.group(6))
+    assert set(shown) == set(ctx["frames"]) and len(shown) >= 13
+    for name, (urls, labels, control) in shown.items():
+        spec = ctx["fig"][name]
+        assert urls == [ctx["url"][k] for k in ctx["frames"][name]]
+        assert len(labels) == len(urls) == len(ctx["frame_values"](spec))
+        assert control == ("toggle" if "views" in spec else "range")
+    assert shown["forward"][1] == ["t = 0 (the original)", "t = 250", "t = 500", "t = 750"]
+    assert shown["one_step"][1] == ["t = 250", "t = 500", "t = 750"]
+    assert shown["iterative"][1] == ["t = 690", "t = 540", "t = 390", "t = 240", "t = 90"]
+    assert shown["sdedit_test_image"][1][:2] == ["i_start = 1 (t = 960)", "i_start = 3 (t = 900)"]
+    assert shown["sdedit_test_image"][1][-1] == "the original"
+    words = {"identity": "as sampled", "flip": "upside down", "rotate_cw": "rotated 90° clockwise",
+             "rotate_ccw": "rotated 90° counterclockwise"}
+    anagrams = [name for name in shown if "views" in ctx["fig"][name]]
+    assert len(anagrams) >= 4
+    for name in anagrams:
+        assert shown[name][1] == [words[view] for view in ctx["fig"][name]["views"]]
+
+
+def test_figure_links_are_relative_to_the_posts_page(text):
+    """The post's permalink is fixed, three folders deep, so ../../../ is the site's root under any base URL."""
+    front, body = split(text)
+    assert front["permalink"] == post.PERMALINK == "/:year/:month/:day/:title:output_ext"
+    assert post.FIGURE_URL == "../../../assets/figures/{}"
+    assert "](/" not in body and 'data-frames="/' not in body
 
 
 def test_no_template_syntax_left(text):
@@ -202,7 +249,7 @@ def test_post_without_optional_figures():
     ctx = context(config, metrics=None)
     assert "anagram_citadel_castle.gif" in ctx["url"]  # the stage-I anagram now has the animation
     text = render(ctx)
-    for url in ctx["url"].values():
+    for url in figure_urls(ctx).values():
         assert f"]({url})" in text
     assert "1.7.3" not in text and "denoising_metrics" not in text
 
@@ -214,7 +261,8 @@ def test_render_end_to_end(tmp_path):
     config = load_config()
     specs = specs_of(config)
     files = []
-    for file in post_config.figure_files(config):
+    frames = {name: [str(tmp_path / f) for f in fs] for name, fs in post_config.figure_frames(config).items()}
+    for file in post_config.figure_files(config) + [f for fs in frames.values() for f in fs]:
         path = tmp_path / file
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix == ".png":
@@ -225,8 +273,9 @@ def test_render_end_to_end(tmp_path):
     metrics = tmp_path / "metrics.json"
     metrics.write_text(json.dumps(fake_metrics(config)))
     output = tmp_path / "post.md"
-    post.render(config, specs, files, metrics, TEMPLATES, output)
+    post.render(config, specs, files[:len(post_config.figure_files(config))], metrics, TEMPLATES, output, frames=frames)
     text = output.read_text()
+    assert 'width="4" height="4"' in text and "forward/frame-3.png" in text
     assert split(text)[0]["layout"] == "post"
     assert "not made by DeepFloyd IF" in text
 
@@ -245,7 +294,7 @@ def test_rarer_options_render():
     config["defaults"]["unconditional_prompt"] = "blurry <low> quality"
     ctx = context(config)
     text = render(ctx)
-    for url in ctx["url"].values():
+    for url in figure_urls(ctx).values():
         assert f"]({url})" in text
     assert "the band between $$\\sigma = 1$$ and $$2$$ from <span class=\"no-math\">“a flower”</span>" in text
     assert "with its colours negated, showing <span class=\"no-math\">“a lithograph of a castle”</span>" in text and "for each of 2 samples" in text

@@ -86,7 +86,8 @@ def test_every_other_figure_is_marked_as_an_addition(specs):
 
 def captions(text: str) -> dict[str, str]:
     """figure file name -> its alt text and caption, in the order the post shows them."""
-    blocks = re.findall(r"!\[(.*?)\]\(/assets/figures/([^)]+)\)\n\n(.*?)\n\{: \.caption\}", text, re.DOTALL)
+    blocks = re.findall(r"!\[(.*?)\]\((?:\.\./)*assets/figures/([^)]+)\)(?:\{:[^\n]*\})?\n\n(.*?)\n\{: \.caption\}", text,
+                        re.DOTALL)
     return {file: f"{alt}\n{caption}" for alt, file, caption in blocks}
 
 

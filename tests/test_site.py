@@ -1,4 +1,5 @@
-"""The site as a reader sees it: a fixture post built by Jekyll, opened in headless Chromium.
+"""The site tools and the reader's checks themselves: fixture posts built by Jekyll, opened in headless Chromium
+(tests/browser.py), compared with their markdown (tests/markdown_math.py). The real post: test_reader.py.
 
 Tests that need jekyll, chromium or npm skip when the tool is missing, except under CI=true,
 where they run (and fail) so that a missing install step cannot pass unnoticed.
@@ -6,37 +7,20 @@ where they run (and fail) so that a missing install step cannot pass unnoticed.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
 
 import pytest
+from browser import MathSpan, check_page, page_url, serve_directory
+from conftest import needs
+from markdown_math import EquationCount, count_equations, extract_math, lint_math, math_mismatches, protect_inline_math
 from PIL import Image
 
 from diffusion_post import site as site_mod
-from diffusion_post.site import (
-    Browser,
-    MathSpan,
-    build_site,
-    built_post_path,
-    check_page,
-    count_equations,
-    extract_math,
-    install_mathjax,
-    lint_math,
-    math_mismatches,
-    protect_inline_math,
-    serve_directory,
-)
+from diffusion_post.site import build_site, built_post_path, install_mathjax, publish_figures
 
 SITE = Path(__file__).resolve().parents[1] / "site"
-IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
-
-
-def _needs(tool: str, available: bool | None = None):
-    available = shutil.which(tool) is not None if available is None else available
-    return pytest.mark.skipif(not available and not IN_CI, reason=f"{tool} not installed (runs under CI=true)")
 
 
 def _mathjax_fetchable() -> bool:
@@ -44,7 +28,7 @@ def _mathjax_fetchable() -> bool:
     return bool(cached) or (SITE / "assets/mathjax/tex-chtml.js").is_file() or shutil.which("npm") is not None
 
 
-needs_site_tools = [_needs("jekyll"), _needs("chromium"), _needs("npm", _mathjax_fetchable())]
+needs_site_tools = [needs("jekyll"), needs("chromium"), needs("npm", _mathjax_fetchable())]
 
 # Written the way a generator might: single-dollar math with the usual traps (`\bar{\alpha}_t`
 # twice in a paragraph -> emphasis, `\{` -> escape eaten, `|` on a paragraph's first line -> table,
@@ -82,7 +66,7 @@ cost = "$5"  # $x_t$
 """
 
 
-# What the checks must catch: a missing figure, a script error, TeX errors.
+# What the checks must catch: a missing figure, a script error, TeX errors, a box wider than the window.
 BROKEN = r"""---
 title: Broken
 require-mathjax: true
@@ -93,6 +77,8 @@ require-mathjax: true
 An unknown macro $$\epsilonn_t$$ and a missing argument $$\frac{a}$$.
 
 <script>throw new Error("boom");</script>
+
+<div class="too-wide" style="width: 3000px">A box wider than any window.</div>
 """
 
 
@@ -116,7 +102,7 @@ def test_count_equations_follows_kramdown_blocks():
         "`$$code$$` and", "```", "$$e$$ $f$", "```", "",  # code is not math
         "<!-- $$g$$ -->", "",
     ])
-    assert count_equations(md) == site_mod.EquationCount(display=2, inline=4)
+    assert count_equations(md) == EquationCount(display=2, inline=4)
     assert [s.tex for s in extract_math(md)] == ["x_t = a", "c", "a", "b", "y", "d"]
     assert extract_math(md)[0].line == 5
 
@@ -168,7 +154,7 @@ def built(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reports(built):
+def reports(built, browser):
     dest = built["dest"]
     pages = {
         "post": built_post_path(dest, "2024-05-01-implementing-diffusion-models.md"),
@@ -176,8 +162,8 @@ def reports(built):
         "broken": built_post_path(dest, "2024-03-01-broken.md"),
         "index": dest / "index.html",
     }
-    with serve_directory(dest) as base, Browser() as browser:
-        return {name: browser.check(f"{base}/{path.relative_to(dest).as_posix()}") for name, path in pages.items()}
+    with serve_directory(dest) as base:
+        return {name: browser.check(page_url(base, dest, path)) for name, path in pages.items()}
 
 
 def _site_test(fn):
@@ -210,6 +196,7 @@ def test_no_errors_and_nothing_from_outside(reports):
         assert report.js_errors == [], name
         assert report.failed_requests == [], name
         assert report.external_requests == [], name
+        assert report.requests >= 1 + report.images, name  # the page itself and its images at least were seen
         assert report.ok, name
 
 
@@ -228,6 +215,7 @@ def test_the_check_catches_broken_figures_scripts_and_tex(reports):
     assert any("missing.png (404)" in r for r in broken.failed_requests)
     assert any("boom" in e for e in broken.js_errors)
     assert len(broken.math_errors) == 2 and "epsilonn" in broken.math_errors[0]
+    assert broken.overflows and [e.split(" (")[0] for e in broken.wide_elements] == ["div.too-wide"]
     assert not broken.ok
 
 
@@ -248,7 +236,7 @@ def test_index_lists_the_post(built):
     assert built["build_s"] < 20
 
 
-@_needs("npm", _mathjax_fetchable())
+@needs("npm", _mathjax_fetchable())
 def test_install_mathjax_is_small_and_idempotent(tmp_path):
     dest = install_mathjax(tmp_path)
     size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
@@ -259,3 +247,31 @@ def test_install_mathjax_is_small_and_idempotent(tmp_path):
     assert install_mathjax(tmp_path) == dest
     assert time.monotonic() - start < 0.5
     assert (dest / ".installed.json").stat().st_mtime_ns == stamp
+
+
+def test_publish_figures_keeps_frame_folders_and_drops_stale_files(tmp_path):
+    figures, dest = tmp_path / "figures", tmp_path / "assets"
+    _png(figures / "forward.png", (10, 4), 0)
+    _png(figures / "forward/frame-0.png", (4, 4), 1)
+    _png(figures / "old/frame-0.png", (4, 4), 2)
+    publish_figures([figures / "forward.png", figures / "forward/frame-0.png", figures / "old/frame-0.png"], dest, figures)
+    assert {p.relative_to(dest).as_posix() for p in dest.rglob("*.png")} == {"forward.png", "forward/frame-0.png", "old/frame-0.png"}
+    _png(figures / "forward/frame-0.png", (4, 4), 3)  # changed: copied again
+    publish_figures([figures / "forward.png", figures / "forward/frame-0.png"], dest, figures)
+    assert {p.relative_to(dest).as_posix() for p in dest.rglob("*")} == {"forward.png", "forward", "forward/frame-0.png"}
+    assert (dest / "forward/frame-0.png").read_bytes() == (figures / "forward/frame-0.png").read_bytes()
+
+
+def test_serve_directory_under_a_base_url_serves_nothing_outside_it(tmp_path):
+    import urllib.error
+    import urllib.request
+
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "assets/a.txt").write_text("a")
+    with serve_directory(tmp_path, prefix="/REPO/") as base:
+        assert base.endswith("/REPO")
+        assert urllib.request.urlopen(f"{base}/assets/a.txt").read() == b"a"
+        root = base[: -len("/REPO")]
+        for url in (f"{root}/assets/a.txt", f"{root}/REPOassets/a.txt"):
+            with pytest.raises(urllib.error.HTTPError, match="404"):
+                urllib.request.urlopen(url)

@@ -1,33 +1,24 @@
 """The whole post, built as a reader would: `snakemake --cores 1` on the shipped config (embedded default
-backend, CPU), then dry runs after edits, `jekyll build`, and headless Chromium on the served page."""
+backend, CPU; the `build` fixture of conftest.py), then dry runs after edits. The page in a browser:
+test_reader.py."""
 
 import hashlib
 import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import snakemake
 
 from diffusion_post import __version__, config as post_config
 from diffusion_post.backends import LOAD_MESSAGE
-from diffusion_post.project import copy_project
-
-ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(
     not os.environ.get("CI") and not (shutil.which("jekyll") and shutil.which("chromium")),
     reason="needs Debian's jekyll and chromium (scripts/install_system_deps.sh); required when CI is set",
 )
-
-
-def snakemake(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    run = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return run
 
 
 def scheduled_outputs(cwd: Path) -> set[str]:
@@ -40,16 +31,6 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def build(tmp_path_factory) -> Path:
-    """A copy of the project, built once. The backend's caches (emoji set, prompt embeddings) are shared."""
-    root = tmp_path_factory.mktemp("post")
-    copy_project(ROOT, root, ROOT / ".cache")
-    run = snakemake(root, "--cores", "1")
-    (root / "build.log").write_text(run.stderr)
-    return root
-
-
 def post_path(root: Path) -> Path:
     (post,) = (root / "site" / "_posts").glob("*-implementing-diffusion-models.md")
     return post
@@ -57,11 +38,12 @@ def post_path(root: Path) -> Path:
 
 def test_post_and_workflow_agree_on_every_image(build):
     config = yaml.safe_load((build / "config.yaml").read_text())
-    made = {Path(f).name for f in post_config.figure_files(config)}
+    frames = [f for files in post_config.figure_frames(config).values() for f in files]
+    made = {str(Path(f).relative_to("figures")) for f in post_config.figure_files(config) + frames}
     shown = set(re.findall(r"/assets/figures/([^)\s\"']+)", post_path(build).read_text()))
     assert shown == made
-    assert {p.name for p in (build / "figures").iterdir()} == made
-    assert len(made) >= 40
+    assert {str(p.relative_to(build / "figures")) for p in (build / "figures").rglob("*") if p.is_file()} == made
+    assert len(made) >= 40 and len(frames) >= 13 * 2
 
 
 def test_fresh_dry_run_has_a_job_for_every_image(build, tmp_path):
@@ -70,6 +52,7 @@ def test_fresh_dry_run_has_a_job_for_every_image(build, tmp_path):
     config = yaml.safe_load((fresh / "config.yaml").read_text())
     outputs = scheduled_outputs(fresh)
     assert set(post_config.figure_files(config)) <= outputs
+    assert {f for files in post_config.figure_frames(config).values() for f in files} <= outputs
     assert {f"results/{name}.safetensors" for name in post_config.figure_table(config)} <= outputs
 
 
@@ -104,10 +87,12 @@ def test_one_prompt_edit_reruns_exactly_its_figures(build, tmp_path):
     config["figures"]["anagrams"]["anagram_citadel_castle"]["prompts"][1] = "a snowman"
     (edited / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     post = str(post_path(edited).relative_to(edited))
+    frames = post_config.figure_frames(config)
     assert scheduled_outputs(edited) == {
         "results/anagram_citadel_castle.safetensors", "figures/anagram_citadel_castle.png",
         "results/anagram_citadel_castle_stage_2.safetensors", "figures/anagram_citadel_castle_stage_2.png",
         "figures/anagram_citadel_castle_stage_2.gif", post, "site/_site/index.html",
+        *frames["anagram_citadel_castle"], *frames["anagram_citadel_castle_stage_2"],
     }
 
 
@@ -121,19 +106,6 @@ def test_rebuilt_figures_are_byte_identical(build, tmp_path):
     snakemake(again, "--cores", "1", "figures")
     for target in targets:
         assert digest(again / target) == digest(build / target), target
-
-
-def test_site_shows_every_image_and_equation(build):
-    from diffusion_post import site
-
-    markdown = post_path(build).read_text()
-    html = site.built_post_path(build / "site" / "_site", post_path(build).name)
-    report = site.check_page(html)
-    assert report.images == report.images_loaded == len(set(re.findall(r"/assets/figures/[^)\s]+", markdown)))
-    assert report.math == site.count_equations(markdown).total > 20
-    assert not report.js_errors and not report.math_errors and not report.failed_requests
-    assert not report.external_requests
-    assert site.math_mismatches(site.extract_math(markdown), report.math_spans) == []
 
 
 def test_post_names_the_backend_that_made_it(build):

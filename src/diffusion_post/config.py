@@ -119,6 +119,41 @@ def figure_files(config: dict) -> list[str]:
     return files
 
 
+
+def shown_timesteps(spec: dict) -> list[int]:
+    """The x_t an iterative-denoising figure shows: its start, then every `show_every`-th step above t = 0."""
+    steps, i, every = timesteps(spec), spec["i_start"], spec["show_every"]
+    return [steps[i]] + [t for t in steps[i + every::every] if t > 0]
+
+
+def frame_values(spec: dict, specs: dict[str, dict]) -> list:
+    """What each frame of an interactive figure stands for, in the order of its tiles; [] for a static figure.
+
+    t for the forward process (0 is the original), one-step and iterative denoising; i_start for SDEdit
+    (None is the original, its last tile); the view for anagrams (one frame per view, all samples side by side).
+    """
+    technique = spec["technique"]
+    if technique == "forward":
+        return [0, *spec["timesteps"]]
+    if technique == "one_step":
+        return list(specs[spec["source"]]["timesteps"])
+    if technique == "iterative":
+        return shown_timesteps(spec)
+    if technique == "sdedit":
+        return [*spec["i_starts"], None]
+    if technique == "anagram" or spec.get("source_technique") == "anagram":
+        return list(spec["views"])
+    return []
+
+
+def figure_frames(config: dict) -> dict[str, list[str]]:
+    """The frame files of each interactive figure, written by its layout job beside the figure:
+    figure name -> [figures/NAME/frame-0.png, ...], in config order."""
+    specs = {name: resolve(config, name) for name in figure_table(config)}
+    frames = {name: [f"figures/{name}/frame-{k}.png" for k in range(len(frame_values(spec, specs)))]
+              for name, spec in specs.items()}
+    return {name: files for name, files in frames.items() if files}
+
 # The backend settings a figure's pixels depend on (not where caches live): a sampling rule's params.
 BACKEND_KEYS = {"ideal": ("name", "temperature", "include_inputs", "images"),
                 "deepfloyd": ("name", "stage_1", "text_encoder", "device"), "tiny": ("name", "device"),

@@ -4,9 +4,11 @@ import io
 import json
 import math
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
+from torch import Tensor
 
 from .images import atomic_path, load_result
 from .png import save_png, tile, to_uint8
@@ -14,10 +16,32 @@ from .png import save_png, tile, to_uint8
 GAP = 2  # white pixels between tiles
 
 
-def figure(result: Path | str, output: Path | str, key: str = "images") -> None:
-    """Tile one tensor of a result, left to right, into a PNG carrying the result's parameters."""
+def figure(result: Path | str, output: Path | str, key: str = "images", frames: Sequence[str] = ()) -> None:
+    """Tile one tensor of a result, left to right, into a PNG carrying the result's parameters; with `frames`
+    (config.figure_frames), also write each frame of the interactive figure to its own PNG."""
     tensors, parameters = load_result(result)
     save_png(tile(tensors[key], gap=GAP), output, {**parameters, "panel": key})
+    if frames:
+        write_frames(tensors[key], parameters, frames)
+
+
+def frame_images(images: Tensor, parameters: dict) -> list[Tensor]:
+    """The frames a reader steps through, in tile order: one per tile, or for an anagram one per view, each
+    holding every sample seen in that view (the tiles are sample-major: s0v0, s0v1, s1v0, ...)."""
+    if parameters["technique"] == "anagram" or parameters.get("source_technique") == "anagram":
+        views = len(parameters["views"])
+        return [images[v::views] for v in range(views)]
+    return [x[None] for x in images]
+
+
+def write_frames(images: Tensor, parameters: dict, outputs: Sequence[str]) -> None:
+    """Write each frame to its file of `outputs` (as many as frame_images gives, in order)."""
+    frames = frame_images(images, parameters)
+    if len(frames) != len(outputs):
+        raise ValueError(f"figure {parameters.get('figure')}: {len(frames)} frames in the result but {len(outputs)} "
+                         f"frame files asked for; config.frame_values and layout.frame_images disagree")
+    for k, (frame, output) in enumerate(zip(frames, outputs)):
+        save_png(tile(frame, gap=GAP), output, {**parameters, "panel": "images", "frame": k})
 
 
 def _view_frame(image: Image.Image, view: str, s: float) -> Image.Image:

@@ -3,6 +3,12 @@ r"""Render the markdown post from Jinja templates; every prompt and number comes
 Jinja uses << >>, <% %>, <# #> so that its delimiters never clash with TeX or Liquid (the site turns Liquid
 off for posts: render_with_liquid: false in site/_config.yml). Inline math is written $$...$$ inside a
 paragraph, which kramdown passes through verbatim as \(...\).
+
+Links to figures are relative to the post's page, whose permalink the post fixes (PERMALINK): the same built site
+works at a server's root, under a GitHub Pages project path (/REPO/, the site's `baseurl`) and from any other
+prefix, with no Liquid in the post. Every figure carries its width and height; an interactive figure carries its
+frames (figures/NAME/frame-K.png) and their labels as data attributes, which site/assets/js/figures.js turns into
+a slider or a view toggle.
 """
 
 import html
@@ -12,11 +18,15 @@ from pathlib import Path
 
 import jinja2
 
+from PIL import Image
+
+from .config import frame_values, shown_timesteps
 from .spec import timesteps
 from .images import atomic_path
 from .png import read_parameters
 
-FIGURE_URL = "/assets/figures/{}"
+PERMALINK = "/:year/:month/:day/:title:output_ext"  # the post's page, 3 folders below the site's root
+FIGURE_URL = "../" * (PERMALINK.count("/") - 1) + "assets/figures/{}"  # relative to the post's page
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~$])")
 
 
@@ -61,6 +71,8 @@ def environment(templates: Path | str) -> jinja2.Environment:
     # no-math: MathJax must not read a `$` in a prompt as the start of an equation
     env.filters["prompt"] = lambda text: f'<span class="no-math">“{escape_markdown(text)}”</span>'
     env.globals["schedule_of"] = timesteps
+    env.globals["shown_timesteps"] = shown_timesteps
+    env.globals["permalink"] = PERMALINK
     env.filters["tojson"] = lambda value: json.dumps(value, ensure_ascii=False)
     return env
 
@@ -85,19 +97,39 @@ def backend_summary(models: dict) -> str:
     raise ValueError(f"unknown backend {name!r} in the figures' metadata")
 
 
+def image_size(path: Path | str) -> tuple[int, int]:
+    with Image.open(path) as image:
+        return image.size
+
+
+def image_context(figure_files: list[str], frames: dict[str, list[str]], size_of=image_size) -> dict:
+    """The template context about images, keyed by path under figures/ ("forward.png", "forward/frame-0.png"):
+    `url` (relative to the post's page), `size` ((width, height) of each file), and `frames` (figure name -> its
+    frames' keys)."""
+    keys = {Path(f).name: f for f in figure_files}
+    frame_keys = {name: [f"{name}/{Path(f).name}" for f in fs] for name, fs in frames.items()}
+    keys.update({k: f for name, fs in frames.items() for k, f in zip(frame_keys[name], fs)})
+    return {"url": {k: FIGURE_URL.format(k) for k in keys}, "size": {k: size_of(f) for k, f in keys.items()},
+            "frames": frame_keys}
+
+
 def render(config: dict, specs: dict[str, dict], figure_files: list[str], metrics: Path | str | None,
-           templates: Path | str, output: Path | str) -> None:
-    """Write the post. `figure_files` are the workflow's image files (figures/NAME.png|gif)."""
+           templates: Path | str, output: Path | str, frames: dict[str, list[str]] | None = None) -> None:
+    """Write the post. `figure_files` are the workflow's image files (figures/NAME.png|gif), `frames` the
+    frame files of the interactive figures (config.figure_frames)."""
     first_png = next(f for f in figure_files if f.endswith(".png") and Path(f).stem in specs)
     models = read_parameters(first_png)["models"]
-    urls = {Path(f).name: FIGURE_URL.format(Path(f).name) for f in figure_files}
+    images = image_context(figure_files, frames or {})
+    urls = images["url"]
     context = {
         "post": config["post"], "seed": config["seed"], "defaults": config["defaults"], "inputs": config["inputs"],
-        "fig": specs, "url": urls, "models": models, "backend_summary": backend_summary(models),
+        "fig": specs, **images, "frame_values": lambda spec: frame_values(spec, specs),
+        "models": models, "backend_summary": backend_summary(models),
         "metrics": json.loads(Path(metrics).read_text()) if metrics else None,
     }
     text = environment(templates).get_template("post.md.j2").render(**context)
-    missing = sorted(set(urls.values()) - set(re.findall(r"/assets/figures/[^)\s\"']+", text)))
+    shown = set(re.findall(r"assets/figures/[^)\s\"']+", text))
+    missing = sorted(url for url in urls.values() if url.split("../")[-1] not in shown)
     if missing:
         raise ValueError(f"the post template does not show {', '.join(missing)}: add them to templates/ or remove the figures from config.yaml")
     with atomic_path(output) as tmp:

@@ -11,6 +11,7 @@ except post_config.ConfigError as error:
 
 FIGURES = post_config.figure_table(config)  # name -> (section, own parameters)
 SPECS = {name: post_config.resolve(config, name) for name in FIGURES}
+FRAMES = post_config.figure_frames(config)  # interactive figure -> its frame files
 PACKAGE = Path("src/diffusion_post")  # relative, so a moved or copied project keeps its build state
 # Not used by sampling jobs: their edits must not rerun the models.
 NOT_SAMPLING = {"layout.py", "png.py", "post.py", "site.py", "cli.py", "config.py", "project.py"}
@@ -86,3 +87,6 @@ def made_by(wildcards, input):
 def result_files():
     """Every raw result: one per figure, and the denoising-metrics table."""
     return [f"results/{name}.safetensors" for name in FIGURES] + (["results/denoising_metrics.json"] if "metrics" in config["post"] else [])
+def frame_files():
+    """Every frame of the post's interactive figures."""
+    return [f for files in FRAMES.values() for f in files]

@@ -9,11 +9,30 @@ rule figure:
     output:
         report("figures/{figure}.png", caption="../report/figure.rst", category=section_of, labels=made_by),
     wildcard_constraints:
-        figure="|".join(FIGURES),
+        figure="|".join(name for name in FIGURES if name not in FRAMES) or "(?!)",
     run:
         from diffusion_post import layout
 
         layout.figure(input.result, output[0])
+
+
+# An interactive figure (a slider or a view toggle in the post): the same strip, plus each of its frames as a
+# PNG of its own, figures/NAME/frame-K.png. One rule per figure, since each has its own number of frames.
+for _figure, _frames in FRAMES.items():
+
+    rule:
+        name:
+            f"figure_{_figure}"
+        input:
+            result=f"results/{_figure}.safetensors",
+            code=code("layout.py", "png.py", "images.py"),
+        output:
+            figure=f"figures/{_figure}.png",
+            frames=_frames,
+        run:
+            from diffusion_post import layout
+
+            layout.figure(input.result, output.figure, frames=output.frames)
 
 
 rule figure_panel:

@@ -9,9 +9,10 @@ rule post:
     """The post: templates rendered with every figure's parameters and the denoising metrics."""
     input:
         figures=figure_files(),
+        frames=frame_files(),
         metrics="results/denoising_metrics.json" if "metrics" in config["post"] else [],
         templates=TEMPLATES,
-        code=code("post.py", "png.py", "figures.py", "schedule.py"),
+        code=code("post.py", "png.py", "figures.py", "schedule.py", "config.py"),
     output:
         POST,
     params:
@@ -21,7 +22,8 @@ rule post:
     run:
         from diffusion_post import post
 
-        post.render(config, params.specs, input.figures, input.metrics or None, "templates", output[0])
+        post.render(config, params.specs, input.figures, input.metrics or None, "templates", output[0],
+                    frames=FRAMES)
 
 
 rule mathjax:
@@ -35,10 +37,12 @@ rule mathjax:
 
 
 rule site:
-    """The Jekyll site in site/_site: figures copied to site/assets/figures, then `jekyll build`."""
+    """The Jekyll site in site/_site: figures and frames copied to site/assets/figures, then `jekyll build`
+    (its baseurl, for a site served under /REPO/, is set in site/_config.yml)."""
     input:
         post=POST,
         figures=figure_files(),
+        frames=frame_files(),
         mathjax="site/assets/mathjax/tex-chtml.js",
         sources=SITE_SOURCES,
         code=code("site.py"),
@@ -47,5 +51,5 @@ rule site:
     run:
         from diffusion_post import site
 
-        site.publish_figures(input.figures, "site/assets/figures")
+        site.publish_figures([*input.figures, *input.frames], "site/assets/figures")
         site.build_site("site")
