@@ -34,16 +34,19 @@ from diffusion_post import config as c
 from diffusion_post.backends import load_backend
 from diffusion_post.build import make_result, write_builtin_input
 cfg = c.load("config.yaml")
-t0 = time.perf_counter(); load_backend(cfg["backend"]); load = time.perf_counter() - t0
 for key, value in cfg["inputs"].items():
     if value.startswith("builtin:"):
         write_builtin_input(value[8:], c.input_path(cfg, key, "inputs_tmp"))
+t0 = time.perf_counter()
+for spec in {c.resolve(cfg, n).get("denoiser") for n in c.figure_table(cfg)}:
+    load_backend(c.figure_backend(cfg, {"technique": "sample", "denoiser": spec}, "inputs_tmp"))
+load = time.perf_counter() - t0
 t0 = time.perf_counter()
 for name in c.figure_table(cfg):
     spec = c.resolve(cfg, name)
     inputs = {"image": c.input_path(cfg, spec["image"], "inputs_tmp")} if "image" in spec else {}
     source = f"raw/{spec['source']}.safetensors" if "source" in spec else None
-    make_result(name, spec, cfg["backend"], inputs, source, f"raw/{name}.safetensors")
+    make_result(name, spec, c.figure_backend(cfg, spec, "inputs_tmp"), inputs, source, f"raw/{name}.safetensors")
 print(load, time.perf_counter() - t0)
 """
 

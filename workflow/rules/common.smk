@@ -15,7 +15,8 @@ SPECS = {name: post_config.resolve(config, name) for name in FIGURES}
 PACKAGE = Path("src/diffusion_post")  # relative, so a moved or copied project keeps its build state
 # Not used by sampling jobs: their edits must not rerun the models.
 NOT_SAMPLING = {"layout.py", "png.py", "post.py", "site.py", "cli.py", "config.py", "project.py"}
-OTHER_BACKENDS = {"ideal": {"deepfloyd.py", "tiny.py"}, "deepfloyd": {"ideal.py", "tiny.py"}, "tiny": {"ideal.py"}}
+OTHER_BACKENDS = {"ideal": {"deepfloyd.py", "tiny.py"}, "deepfloyd": {"ideal.py", "local.py", "photos.py", "tiny.py"},
+                  "tiny": {"ideal.py", "local.py", "photos.py"}}
 
 
 def code(*names):
@@ -41,15 +42,17 @@ def sampling_inputs(wildcards):
         inputs["image"] = post_config.input_path(config, spec["image"])
     if "source" in spec:
         inputs["source"] = f"results/{spec['source']}.safetensors"
-    if config["backend"]["name"] == "ideal":  # the user's own images are part of the ideal denoiser
+    if config["backend"]["name"] == "ideal":  # the user's own images and the inputs are part of the ideal denoiser
         inputs["backend_images"] = [str(p) for folder in config["backend"].get("images", []) for p in sorted(Path(folder).rglob("*")) if p.is_file()]
+        if config["backend"].get("include_inputs"):
+            inputs["set_inputs"] = [path for path, _ in post_config.input_images(config)]
     return inputs
 
 
 def sample_figure(wildcards, input, output, params):
     """The body of every sampling rule."""
     make_result(
-        wildcards.figure, params.spec, config["backend"],  # params.backend: the part that triggers reruns
+        wildcards.figure, params.spec, post_config.figure_backend(config, params.spec),  # params.backend: the part that triggers reruns
         inputs={"image": input.image} if "image" in input.keys() else {},
         source=input.source if "source" in input.keys() else None,
         output=output[0],
