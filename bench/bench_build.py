@@ -62,7 +62,7 @@ def main() -> None:
         load, sampling = map(float, out.split()[-2:])
         build = timed([sys.executable, "-m", "snakemake", "--cores", "1"], work)
         config = yaml.safe_load((work / "config.yaml").read_text())
-        config["figures"]["anagrams"]["anagram_skull_castle"]["prompts"][1] = "a snowman"
+        config["figures"]["anagrams"]["anagram_citadel_castle"]["prompts"][1] = "a snowman"
         (work / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         rebuild = timed([sys.executable, "-m", "snakemake", "--cores", "1"], work)
     print(f"{'what':<44}{'seconds':>9}")

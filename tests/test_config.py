@@ -38,8 +38,8 @@ BAD = {
     "i_start past schedule": (lambda c: figure(c, "sdedit_test_image").update(i_starts=[1, 40]), "past the schedule"),
     "empty prompt": (lambda c: figure(c, "cfg_samples").update(prompt=""), "prompt"),
     "blank prompt in list": (lambda c: figure(c, "setup_stage_1").update(prompts=["a cat", "  "]), "prompts"),
-    "views vs prompts": (lambda c: figure(c, "anagram_skull_castle").update(views=["identity", "flip", "negate"]), "one prompt per view"),
-    "unknown view": (lambda c: figure(c, "anagram_skull_castle").update(views=["identity", "mirror"]), "mirror"),
+    "views vs prompts": (lambda c: figure(c, "anagram_citadel_castle").update(views=["identity", "flip", "negate"]), "one prompt per view"),
+    "unknown view": (lambda c: figure(c, "anagram_citadel_castle").update(views=["identity", "mirror"]), "mirror"),
     "unknown source": (lambda c: figure(c, "blur").update(source="forwards"), "not a figure"),
     "unknown input key": (lambda c: figure(c, "forward").update(image="campanile"), "not a key of inputs"),
     "even kernel": (lambda c: figure(c, "blur").update(kernel_size=4), "odd"),
@@ -73,11 +73,11 @@ def test_snakemake_stops_on_bad_config_before_any_job(tmp_path, config):
 
 
 def test_upsample_inherits_its_source(config):
-    spec = post_config.resolve(config, "anagram_skull_castle_stage_2")
+    spec = post_config.resolve(config, "anagram_citadel_castle_stage_2")
     assert spec["technique"] == "upsample" and spec["source_technique"] == "anagram"
-    assert spec["prompts"] == figure(config, "anagram_skull_castle")["prompts"]
-    assert spec["views"] == figure(config, "anagram_skull_castle")["views"]
-    hybrid = post_config.resolve(config, "hybrid_skull_waterfall_stage_2")
+    assert spec["prompts"] == figure(config, "anagram_citadel_castle")["prompts"]
+    assert spec["views"] == figure(config, "anagram_citadel_castle")["views"]
+    hybrid = post_config.resolve(config, "hybrid_skull_castle_stage_2")
     assert (hybrid["kernel_size"], hybrid["sigma"]) == (133, 8.0)
 
 

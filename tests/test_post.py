@@ -131,7 +131,7 @@ def test_prompts_and_numbers_come_from_the_config():
     config["figures"]["denoising"]["forward"]["timesteps"] = [111, 333]
     config["figures"]["editing"]["sdedit_test_image"]["i_starts"] = [2, 4]
     config["figures"]["sampling"]["cfg_samples"]["guidance_scale"] = 5.5
-    config["figures"]["hybrids"]["hybrid_dog_cat"]["prompts"] = ["a zebra", "a lighthouse"]
+    config["figures"]["hybrids"]["hybrid_rainy_day_dog"]["prompts"] = ["a zebra", "a lighthouse"]
     config["seed"] = 4242
     text = render(context(config))
     assert "$$t = 111, 333$$" in text
@@ -144,8 +144,8 @@ def test_prompts_and_numbers_come_from_the_config():
 def test_prompts_are_escaped():
     config = load_config()
     config["figures"]["sampling"]["samples"]["prompt"] = SPECIALS
-    config["figures"]["anagrams"]["anagram_skull_castle"]["prompts"] = [SPECIALS, "a castle"]
-    config["figures"]["hybrids"]["hybrid_dog_cat"]["prompts"] = ["a dog", SPECIALS]
+    config["figures"]["anagrams"]["anagram_citadel_castle"]["prompts"] = [SPECIALS, "a castle"]
+    config["figures"]["hybrids"]["hybrid_rainy_day_dog"]["prompts"] = ["a dog", SPECIALS]
     text = render(context(config))
     assert SPECIALS not in text
     assert "<b>" not in text and "*bold*" not in text
@@ -194,13 +194,13 @@ def test_post_without_optional_figures():
     """A user who removes figures still gets a post that shows every remaining one."""
     config = load_config()
     del config["post"]["metrics"]
-    for section, name in [("denoising", "iterative"), ("denoising", "iterative_levels"), ("editing", "inpaint_own_photo_1"),
-                          ("anagrams", "anagram_skull_castle_stage_2"), ("hybrids", "hybrid_gray_color"),
+    for section, name in [("denoising", "iterative"), ("denoising", "iterative_levels"), ("editing", "inpaint_own_image_1"),
+                          ("anagrams", "anagram_citadel_castle_stage_2"), ("hybrids", "hybrid_gray_color"),
                           ("hybrids", "hybrid_gray_color_stage_2"), ("editing", "text_edit_test_image"),
-                          ("editing", "text_edit_own_photo_1"), ("editing", "text_edit_own_photo_2")]:
+                          ("editing", "text_edit_own_image_1"), ("editing", "text_edit_own_image_2")]:
         del config["figures"][section][name]
     ctx = context(config, metrics=None)
-    assert "anagram_skull_castle.gif" in ctx["url"]  # the stage-I anagram now has the animation
+    assert "anagram_citadel_castle.gif" in ctx["url"]  # the stage-I anagram now has the animation
     text = render(ctx)
     for url in ctx["url"].values():
         assert f"]({url})" in text
@@ -238,7 +238,7 @@ def test_rarer_options_render():
     figures = config["figures"]
     figures["hybrids"]["hybrid_gray_color"].update(factorization="triple_band", prompts=["a skull", "a flower", "a cat"],
                                                    kernel_size=25, sigmas=[1.0, 2.0])
-    figures["anagrams"]["anagram_skull_castle"].update(views=["identity", "negate"], count=2)
+    figures["anagrams"]["anagram_citadel_castle"].update(views=["identity", "negate"], count=2)
     figures["anagrams"]["anagram_three_views"].update(views=["identity", "rotate_180", "flip"])
     figures["sampling"]["cfg_samples_stage_2"] = {"technique": "upsample", "source": "cfg_samples", "num_inference_steps": 10}
     figures["setup"]["setup_stage_1"].pop("num_inference_steps")
@@ -248,7 +248,7 @@ def test_rarer_options_render():
     for url in ctx["url"].values():
         assert f"]({url})" in text
     assert "the band between $$\\sigma = 1$$ and $$2$$ from <span class=\"no-math\">“a flower”</span>" in text
-    assert "with its colours negated, showing <span class=\"no-math\">“a castle”</span>" in text and "for each of 2 samples" in text
+    assert "with its colours negated, showing <span class=\"no-math\">“a lithograph of a castle”</span>" in text and "for each of 2 samples" in text
     assert "rotated by 180°, showing <span class=\"no-math\">“a cat”</span>" in text
     assert "the unconditional prompt <span class=\"no-math\">“blurry &lt;low&gt; quality”</span>" in text
     assert "10 evenly spaced timesteps (900, 800, ..., 0)" in text

@@ -79,13 +79,13 @@ def test_one_prompt_edit_reruns_exactly_its_figures(build, tmp_path):
     edited = tmp_path / "edited"
     shutil.copytree(build, edited, symlinks=True)
     config = yaml.safe_load((edited / "config.yaml").read_text())
-    config["figures"]["anagrams"]["anagram_skull_castle"]["prompts"][1] = "a snowman"
+    config["figures"]["anagrams"]["anagram_citadel_castle"]["prompts"][1] = "a snowman"
     (edited / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     post = str(post_path(edited).relative_to(edited))
     assert scheduled_outputs(edited) == {
-        "results/anagram_skull_castle.safetensors", "figures/anagram_skull_castle.png",
-        "results/anagram_skull_castle_stage_2.safetensors", "figures/anagram_skull_castle_stage_2.png",
-        "figures/anagram_skull_castle_stage_2.gif", post, "site/_site/index.html",
+        "results/anagram_citadel_castle.safetensors", "figures/anagram_citadel_castle.png",
+        "results/anagram_citadel_castle_stage_2.safetensors", "figures/anagram_citadel_castle_stage_2.png",
+        "figures/anagram_citadel_castle_stage_2.gif", post, "site/_site/index.html",
     }
 
 

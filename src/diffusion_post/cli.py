@@ -26,7 +26,7 @@ def _figure(args) -> None:
     if source and not Path(source).exists():
         raise FileNotFoundError(f"figure {args.name} starts from {source}: make it first (diffusion-post figure {spec['source']})")
     result = f"results/{args.name}.safetensors"
-    make_result(args.name, spec, post_config.figure_backend(config, spec), inputs, source, result, progress=True)
+    make_result(args.name, post_config.sampling_spec(spec), post_config.figure_backend(config, spec), inputs, source, result, progress=True)
     output = args.output or f"figures/{args.name}.png"
     layout.figure(result, output)
     print(output)

@@ -58,6 +58,14 @@ def resolve(config: dict, name: str) -> dict:
     return spec
 
 
+PRESENTATION_KEYS = ("addition",)  # how the post presents a figure, not how its pixels are made
+
+
+def sampling_spec(spec: dict) -> dict:
+    """The parameters a figure's pixels depend on: its resolved spec without the presentation keys."""
+    return {key: value for key, value in spec.items() if key not in PRESENTATION_KEYS}
+
+
 def figure_files(config: dict) -> list[str]:
     """Every image file of the post, in config order: a PNG per figure, the iterative comparison panel, an
     animation per anagram (of its stage-II version when there is one), and the denoising-metrics plot."""

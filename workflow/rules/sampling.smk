@@ -35,7 +35,7 @@ for section in SECTIONS:
         wildcard_constraints:
             figure=figures_in(section) or "^$",
         params:
-            spec=lambda w: SPECS[w.figure],
+            spec=lambda w: post_config.sampling_spec(SPECS[w.figure]),
             backend=lambda w: post_config.backend_params(config, SPECS[w.figure]),
         resources:
             gpu=1,

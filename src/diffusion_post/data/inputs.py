@@ -17,6 +17,7 @@ DEFAULT_INPUTS = {
     "web_image": "a portrait of the astronaut Eileen Collins (NASA, public domain; scikit-image `astronaut`)",
     "drawing_house": "a hand-drawn-style house under the sun (made here with Pillow)",
     "drawing_flower": "a hand-drawn-style flower (made here with Pillow)",
+    "drawing_happy_face": "a hand-drawn happy face, like the one among the post's own images (made here with Pillow)",
 }
 PHOTOS = {"test_photo": "rocket.jpg", "own_photo_1": "chelsea.png", "own_photo_2": "coffee.png", "web_image": "astronaut.png"}
 DRAWING_SIZE = 256
@@ -93,13 +94,28 @@ def drawing_flower(seed: int = 1) -> Image.Image:
     return image
 
 
+def drawing_happy_face(seed: int = 2) -> Image.Image:
+    """A crayon-style happy face: a yellow face with a black outline, two eyes and a smile, on white."""
+    rng = np.random.default_rng(seed)
+    image = Image.new("RGB", (DRAWING_SIZE, DRAWING_SIZE), "white")
+    draw = ImageDraw.Draw(image)
+    cx, cy, r = 128, 128, 96
+    draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=(255, 220, 60))
+    _stroke(draw, _circle(cx, cy, r, n=40), rng, closed=True, width=7)
+    for ex in (cx - 36, cx + 36):  # eyes: filled ovals
+        draw.ellipse([ex - 11, cy - 52, ex + 11, cy - 18], fill="black")
+    a = np.linspace(np.pi * 0.15, np.pi * 0.85, 14)  # the smile, an arc below the centre
+    _stroke(draw, list(zip(cx + 58 * np.cos(a), cy + 8 + 50 * np.sin(a))), rng, width=8)
+    return image
+
+
 def default_input(name: str) -> Image.Image:
     """The default input image called `name` (see DEFAULT_INPUTS)."""
     if name not in DEFAULT_INPUTS:
         raise ValueError(f"unknown default input {name!r}: use one of {', '.join(DEFAULT_INPUTS)} or give an image file")
     if name in PHOTOS:
         return photo(PHOTOS[name])
-    return {"drawing_house": drawing_house, "drawing_flower": drawing_flower}[name]()
+    return {"drawing_house": drawing_house, "drawing_flower": drawing_flower, "drawing_happy_face": drawing_happy_face}[name]()
 
 
 def write_default_input(name: str, path: Path | str) -> Path:
