@@ -201,6 +201,14 @@ class _Ideal:
             raise ValueError(f"the ideal denoiser at {self.sample_size} px takes (B, {channels}, {self.sample_size}, "
                              f"{self.sample_size}) inputs: got {tuple(x.shape)}")
 
+    def _stage_two_inputs(self, x_in: Tensor, t: int, noise_level: int | None) -> tuple[Tensor, Tensor, float, float]:
+        """cat(x_t, z) (B, 6, 256, 256) -> x_t, z (float64), abar_t, abar_s (the noise level of z)."""
+        if noise_level is None:
+            raise ValueError("the stage-II ideal denoiser needs the noise_level at which its 64-px input was noised")
+        self._check(x_in, 6)
+        x_t, z = x_in.detach().cpu().double().chunk(2, dim=1)
+        return x_t, z, self.alphas_cumprod[t].item(), self.lowres_alphas_cumprod[noise_level].item()
+
     @staticmethod
     def _output(x_t: Tensor, y_hat: Tensor, abar_t: float, like: Tensor) -> Tensor:
         """eps_hat = (x_t - sqrt(abar_t) E[y|x_t]) / sqrt(1 - abar_t) and v = -1, (B, 6, H, W) like `like`."""
@@ -255,11 +263,7 @@ class IdealUpsampler(_Ideal):
     @torch.no_grad()
     def __call__(self, x_in: Tensor, t: int, embeds: Tensor, noise_level: int | None = None) -> Tensor:
         """(B, 6, 256, 256) = cat(x_t, z) -> (B, 6, 256, 256)."""
-        if noise_level is None:
-            raise ValueError("the stage-II ideal denoiser needs the noise_level at which its 64-px input was noised")
-        self._check(x_in, 6)
-        x_t, z = x_in.detach().cpu().double().chunk(2, dim=1)
-        abar_t, abar_s = self.alphas_cumprod[t].item(), self.lowres_alphas_cumprod[noise_level].item()
+        x_t, z, abar_t, abar_s = self._stage_two_inputs(x_in, t, noise_level)
         c, var, S = math.sqrt(abar_t), 1 - abar_t, self.set
 
         # 1. prior_i = log w_i - |z - sqrt(abar_s) up_4(y_i^64)|^2 / (2 (1 - abar_s)), through up_4^T z at 64 px

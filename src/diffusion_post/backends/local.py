@@ -260,11 +260,7 @@ class LocalUpsampler(_Local):
     @torch.no_grad()
     def __call__(self, x_in: Tensor, t: int, embeds: Tensor, noise_level: int | None = None) -> Tensor:
         """(B, 6, 256, 256) = cat(x_t, z) -> (B, 6, 256, 256)."""
-        if noise_level is None:
-            raise ValueError("the stage-II local denoiser needs the noise_level at which its 64-px input was noised")
-        self._check(x_in, 6)
-        x_t, z = x_in.detach().cpu().double().chunk(2, dim=1)
-        abar_t, abar_s = self.alphas_cumprod[t].item(), self.lowres_alphas_cumprod[noise_level].item()
+        x_t, z, abar_t, abar_s = self._stage_two_inputs(x_in, t, noise_level)
         P = self.options.window_at(t)
         # a pooled distance sums 16 pixels' worth of squared mean difference: var / 16 per pooled pixel
         observations = [(F.avg_pool2d(x_t, 4), self.y, math.sqrt(abar_t), (1 - abar_t) / 16),

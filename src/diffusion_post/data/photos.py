@@ -19,19 +19,19 @@ from .emoji_set import SIZE, fit_square
 
 # (package, folder inside it, file, caption, licence)
 SOURCES = [
-    ("skimage", "data", "astronaut.png", "a photo of an astronaut in front of a flag", "public domain (NASA)"),
-    ("skimage", "data", "rocket.jpg", "a photo of a rocket on a launch pad at dusk", "public domain (SpaceX)"),
-    ("skimage", "data", "chelsea.png", "a photo of a cat", "CC0 (Stefan van der Walt)"),
-    ("skimage", "data", "coffee.png", "a photo of a cup of coffee", "CC0 (Rachel Michetti)"),
-    ("skimage", "data", "hubble_deep_field.jpg", "a photo of galaxies in the night sky", "public domain (NASA)"),
-    ("skimage", "data", "brick.png", "a photo of a brick wall", "CC0 (CC0Textures)"),
-    ("skimage", "data", "grass.png", "a photo of grass", "CC0 (DeviantArt, linolafett)"),
-    ("skimage", "data", "gravel.png", "a photo of gravel", "CC0 (CC0Textures)"),
-    ("sklearn", "datasets/images", "china.jpg", "a photo of a temple roof and trees", "CC-BY 2.0 (danielbuechele, Flickr)"),
-    ("matplotlib", "mpl-data/sample_data", "grace_hopper.jpg", "a photo of a woman in uniform", "public domain (U.S. Navy)"),
+    ("skimage", "data", "astronaut.png", "photo of an astronaut in front of a flag", "public domain (NASA)"),
+    ("skimage", "data", "rocket.jpg", "photo of a rocket on a launch pad at dusk", "public domain (SpaceX)"),
+    ("skimage", "data", "chelsea.png", "photo of a cat", "CC0 (Stefan van der Walt)"),
+    ("skimage", "data", "coffee.png", "photo of a cup of coffee", "CC0 (Rachel Michetti)"),
+    ("skimage", "data", "hubble_deep_field.jpg", "photo of galaxies in the night sky", "public domain (NASA)"),
+    ("skimage", "data", "brick.png", "photo of a brick wall", "CC0 (CC0Textures)"),
+    ("skimage", "data", "grass.png", "photo of grass", "CC0 (DeviantArt, linolafett)"),
+    ("skimage", "data", "gravel.png", "photo of gravel", "CC0 (CC0Textures)"),
+    ("sklearn", "datasets/images", "china.jpg", "photo of a temple roof and trees", "CC-BY 2.0 (danielbuechele, Flickr)"),
+    ("matplotlib", "mpl-data/sample_data", "grace_hopper.jpg", "photo of a woman in uniform", "public domain (U.S. Navy)"),
 ]
 SCALES = (1.0, 0.5, 0.25)  # crop side as a fraction of the photo's short side
-VERSION = 1  # bump when crops or captions change
+VERSION = 2  # bump when crops or captions change
 
 
 def crops(image: Image.Image, scales=SCALES, size: int = SIZE) -> list[tuple[np.ndarray, str]]:
@@ -61,16 +61,18 @@ def source_image(package: str, folder: str, file: str) -> Image.Image | None:
 
 
 def photo_set(scales=SCALES, size: int = SIZE) -> tuple[np.ndarray, list[str]]:
-    """Crops of every available source photo: images (N, size, size, 3) uint8 and captions like
-    'a photo of a cat, detail (scikit-image chelsea)'."""
+    """Crops of every available source photo: images (N, size, size, 3) uint8, each captioned by its source
+    photo ('photo of a cat'). The caption says the medium without a leading article, so that the prompt
+    encoder keeps it (ideal.content strips 'a photo of'): 'a high quality photo' then weights the photos about
+    as much as the emoji 'camera', instead of a few camera emoji alone."""
     images, captions = [], []
     for package, folder, file, about, _ in SOURCES:
         image = source_image(package, folder, file)
         if image is None:
             continue
-        for crop, word in crops(image, scales, size):
+        for crop, _ in crops(image, scales, size):
             images.append(crop)
-            captions.append(f"{about}, {word} ({package} {Path(file).stem})")
+            captions.append(about)
     if not images:
         raise ModuleNotFoundError("no sample photos found: install scikit-image, scikit-learn or matplotlib")
     return np.stack(images), captions
