@@ -36,7 +36,7 @@ POOL = 4  # ranking resolution: 4 x 4 cells of the 64-px grid
 
 @dataclass(frozen=True)
 class LocalOptions:
-    window: tuple[int, int] = (3, 23)  # window side P (odd, 64-px pixels) at t = 0 and at t = 999, linear in between
+    window: tuple[int, int] = (3, 15)  # window side P (odd, 64-px pixels) at t = 0 and at t = 999, linear in between
     temperature: float = 0.05  # of the prompt weights w_n (the exact denoiser's sharper 0.01 picks one caption)
     shift: int = 0  # shifted copies of every image, offsets {-shift, 0, shift}^2 pixels (a multiple of 4); 0 = none
     area_prior: bool = False  # fade the prompt prior with the window's area, lambda = min(1, P^2 / (H W))
