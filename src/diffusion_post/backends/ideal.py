@@ -334,7 +334,7 @@ def image_set_of(cache_dir: Path, folders: tuple[Path, ...], emoji: bool, photos
     named = ([("noto-color-emoji (Debian fonts-noto-color-emoji)", lambda: load_emoji_set(cache_dir))] if emoji else []) \
         + ([("sample photos of scikit-image, scikit-learn and matplotlib", lambda: photo_parts(cache_dir))] if photos else []) \
         + [(folder.name, lambda folder=folder: load_folder(folder)) for folder in folders] \
-        + ([("the post's input images", lambda: captioned_files(files))] if files else [])
+        + ([("the input images of config.yaml", lambda: captioned_files(files))] if files else [])
     if not named:
         raise ValueError("the ideal backend needs images: keep emoji=True or pass a folder of captioned images")
     parts = [load() for _, load in named]
