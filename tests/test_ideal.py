@@ -263,3 +263,103 @@ def test_default_inputs_are_written(name, tmp_path):
     path = write_default_input(name, tmp_path / f"{name}.png")
     image = Image.open(path)
     assert image.mode == "RGB" and min(image.size) >= 256
+
+
+@pytest.fixture(scope="module")
+def local_cascade(cascade, tmp_path_factory):
+    """The same set through the local denoiser (the image set is shared, see ideal.image_set_of)."""
+    return local_on(cascade, window=(3, 23), temperature=0.05)
+
+
+def local_on(cascade, **options):
+    from diffusion_post.backends.local import LocalDenoiser, LocalOptions, LocalUpsampler
+
+    d = cascade.stage_1
+    opts = LocalOptions(**options)
+    return (LocalDenoiser(d.set, d.prompts, d.description, opts),
+            LocalUpsampler(d.set, d.prompts, d.description, cascade.stage_2.lowres_alphas_cumprod, opts))
+
+
+@pytest.mark.parametrize("block", [16, 64])
+def test_local_denoiser_with_a_whole_image_window_is_the_exact_denoiser(cascade, block):
+    exact = cascade.stage_1
+    local, _ = local_on(cascade, window=(127, 127), temperature=exact.set.temperature, candidates=len(SHAPES), block=block)
+    local.dtype = torch.float64
+    Y = set_images(cascade, 64)
+    g = torch.Generator().manual_seed(1)
+    embeds = cascade.embed(["red square", "", "blue"])
+    for t in [0, 5, 250, 999]:
+        a = exact.alphas_cumprod[t].double()
+        noise = torch.randn((3, 3, 64, 64), generator=g, dtype=torch.float64)
+        x_t = torch.cat([a.sqrt() * Y[[0, 3]] + (1 - a).sqrt() * noise[:2], noise[2:]])
+        out = local(x_t, t, embeds)
+        torch.testing.assert_close(out[:, :3], exact(x_t, t, embeds)[:, :3], rtol=1e-7, atol=1e-7 / (1 - a).sqrt().item())
+
+
+def test_local_denoiser_combines_set_images_where_the_exact_one_picks_one(cascade, local_cascade):
+    """Left half red square, right half blue circle: not a set image. At small t the exact denoiser returns one
+    set image; the local one (3-px window) keeps each half, because each pixel's neighbourhood matches its own
+    half's image."""
+    local, _ = local_cascade
+    Y = set_images(cascade, 64).float()
+    x0 = torch.cat([Y[[index("red square")], ..., :32], Y[[index("blue circle")], ..., 32:]], dim=-1)
+    model = lambda d: guidance.conditional(d, cascade.embed([""]))
+    t = 20
+    x_t = techniques.forward_process(x0, t, local.alphas_cumprod, generators(1))
+    exact_x0 = techniques.one_step_denoise(model(cascade.stage_1), x_t, t, local.alphas_cumprod)
+    local_x0 = techniques.one_step_denoise(model(local), x_t, t, local.alphas_cumprod)
+    assert min((exact_x0 - y).abs().max() for y in Y) < 1e-3  # a set image
+    assert (local_x0 - x0).abs().mean() < 0.02 and min((local_x0 - y).abs().mean() for y in Y) > 0.1  # the new image
+
+
+def test_local_variance_is_beta_tilde_when_the_posterior_has_collapsed_and_grows_with_its_spread():
+    from diffusion_post.backends.local import learned_range_of
+
+    abar = cosine_alphas_cumprod()
+    for t in [10, 500, 900]:
+        v = learned_range_of(torch.tensor([0.0, 1e-4, 0.01, 0.3, 10.0], dtype=torch.float64), abar, t)
+        assert v[0] == -1 and v[-1] == 1 and torch.all(v[1:] >= v[:-1])
+        # small steps: the fraction from beta_tilde to beta tends to Var / (1 - abar_t)
+        frac = (v[2] + 1) / 2
+        assert abs(frac - min(1, 0.01 / (1 - abar[t].item()))) < 0.05 * frac + 1e-3
+    assert torch.all(learned_range_of(torch.ones(3), abar, 0) == -1)  # the last step adds no noise anyway
+
+
+def test_local_stage_two_upsamples_a_set_image_to_its_256px_version(cascade, local_cascade):
+    _, local_2 = local_cascade
+    stage_2 = type(cascade.stage_2)(local_2, cascade.stage_2.lowres_alphas_cumprod)
+    x_low = set_images(cascade, 64)[[index("blue stripes")]].float()
+    make_model = lambda d: guidance.classifier_free(d, cascade.embed(["blue stripes"]), cascade.embed([""]), 4.0)
+    x = techniques.upsample(stage_2, make_model, x_low, schedule.strided_timesteps(990, 90), generators(1))
+    assert x.shape == (1, 3, 256, 256)
+    assert (x - set_images(cascade, 256)[index("blue stripes")].float()).abs().mean() < 0.02
+
+
+def test_local_options_are_checked():
+    from diffusion_post.backends.local import LocalOptions
+
+    with pytest.raises(ValueError, match="odd"):
+        LocalOptions(window=(4, 23))
+    with pytest.raises(ValueError, match="multiple of 4"):
+        LocalOptions(shift=6)
+    assert [LocalOptions(window=(3, 23)).window_at(t) for t in (0, 500, 999)] == [3, 13, 23]
+
+
+def test_input_images_given_by_path_join_the_set(tmp_path):
+    """Every input of the config, shipped or a user's file, is in the set with its caption."""
+    from diffusion_post import config as post_config
+
+    photo = tmp_path / "old_tower-2.png"
+    draw_shape((200, 100, 30), "cross").save(photo)
+    cfg = {"backend": {"name": "ideal", "include_inputs": True, "denoiser": {"default": "local", "denoising": "exact"},
+                       "cache_dir": str(tmp_path / "cache")},
+           "inputs": {"mine": str(photo)}, "defaults": {}, "seed": 0,
+           "figures": {"denoising": {"a": {"technique": "sample", "prompt": "x"}}, "editing": {"b": {"technique": "sample", "prompt": "x"}}}}
+    assert post_config.resolve(cfg, "a")["denoiser"] == "exact" and post_config.resolve(cfg, "b")["denoiser"] == "local"
+    backend = post_config.figure_backend(cfg, post_config.resolve(cfg, "b"))
+    assert backend["denoiser"] == "local" and backend["input_images"] == [[str(photo), "old tower 2"]]
+    assert "temperature" not in post_config.backend_params(cfg, post_config.resolve(cfg, "b"))
+    cascade = load_ideal(tmp_path / "cache", emoji=False, files=backend["input_images"], encoder=bag_of_words_encoder,
+                         encoder_name="bag-of-words-test", denoiser="local")
+    S = cascade.stage_1.set
+    assert S.captions == ["old tower 2"] and cascade.description["denoiser"] == "local"

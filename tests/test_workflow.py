@@ -96,6 +96,19 @@ def test_one_prompt_edit_reruns_exactly_its_figures(build, tmp_path):
     }
 
 
+def test_local_denoiser_settings_rerun_only_its_figures(build, tmp_path):
+    """backend/local reaches the figures the local denoiser makes, not those of the exact one (denoising)."""
+    edited = tmp_path / "edited"
+    shutil.copytree(build, edited, symlinks=True)
+    config = yaml.safe_load((edited / "config.yaml").read_text())
+    config["backend"]["local"]["window"] = [3, 17]
+    (edited / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    rerun = {Path(f).stem for f in scheduled_outputs(edited) if f.startswith("results/") and f.endswith(".safetensors")}
+    specs = {name: post_config.resolve(config, name) for name in post_config.figure_table(config)}
+    assert rerun == {name for name, spec in specs.items() if spec["denoiser"] == "local"}
+    assert "one_step" not in rerun and "cfg_samples" in rerun
+
+
 def test_rebuilt_figures_are_byte_identical(build, tmp_path):
     again = tmp_path / "again"
     shutil.copytree(build, again, symlinks=True)

@@ -17,16 +17,16 @@ def _figure(args) -> None:
     if args.name not in table:
         raise post_config.ConfigError(f"no figure {args.name!r} in {args.config}: use one of {', '.join(table)}")
     spec = post_config.resolve(config, args.name)
-    inputs = post_config.input_files(config, spec)
-    for key, path in inputs.items():
-        value = config["inputs"].get(spec[key], "")
+    for key, value in config["inputs"].items():  # the shipped inputs (the ideal backend's set holds them all)
+        path = post_config.input_path(config, key)
         if value.startswith(post_config.BUILTIN) and not Path(path).exists():
             write_builtin_input(value[len(post_config.BUILTIN):], path)
+    inputs = post_config.input_files(config, spec)
     source = f"results/{spec['source']}.safetensors" if "source" in spec else None
     if source and not Path(source).exists():
         raise FileNotFoundError(f"figure {args.name} starts from {source}: make it first (diffusion-post figure {spec['source']})")
     result = f"results/{args.name}.safetensors"
-    make_result(args.name, post_config.sampling_spec(spec), config["backend"], inputs, source, result, progress=True)
+    make_result(args.name, post_config.sampling_spec(spec), post_config.figure_backend(config, spec), inputs, source, result, progress=True)
     output = args.output or f"figures/{args.name}.png"
     layout.figure(result, output)
     print(output)

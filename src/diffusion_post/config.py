@@ -84,7 +84,7 @@ def figure_table(config: dict) -> dict[str, tuple[str, dict]]:
 def resolve(config: dict, name: str) -> dict:
     """A figure's parameters: defaults, then (for stage II) its source's, then its own, plus the seed."""
     section, own = figure_table(config)[name]
-    spec = {**config["defaults"], "seed": config["seed"]}
+    spec = {**config["defaults"], "seed": config["seed"], **section_denoiser(config, section)}
     if own["technique"] == "upsample":
         source = resolve(config, own["source"])
         spec.update({k: v for k, v in source.items() if k not in ("source", "num_inference_steps")})
@@ -154,17 +154,48 @@ def figure_frames(config: dict) -> dict[str, list[str]]:
               for name, spec in specs.items()}
     return {name: files for name, files in frames.items() if files}
 
+def section_denoiser(config: dict, section: str) -> dict:
+    """{"denoiser": exact|local} for the figures of `section` with the ideal backend (backend/denoiser: a map of
+    section -> denoiser with a `default`), else {}. A figure's own `denoiser:`, or its source's, wins."""
+    backend = config["backend"]
+    if backend["name"] != "ideal":
+        return {}
+    choice = backend.get("denoiser", {})
+    return {"denoiser": choice.get(section, choice.get("default", "exact"))}
+
+
 # The backend settings a figure's pixels depend on (not where caches live): a sampling rule's params.
-BACKEND_KEYS = {"ideal": ("name", "temperature", "include_inputs", "images"),
+BACKEND_KEYS = {"ideal": ("name", "include_inputs", "images", "photos"),
                 "deepfloyd": ("name", "stage_1", "text_encoder", "device"), "tiny": ("name", "device"),
                 "trained": ("name", "weights", "device")}
 
 
-def backend_params(config: dict, spec: dict) -> dict:
-    """The slice of `backend` that a figure depends on; stage II's model only for stage-II figures."""
+def backend_params(config: dict, spec: dict, results: str = "results") -> dict:
+    """The slice of `backend` that a figure depends on; stage II's model only for stage-II figures. For the ideal
+    backend: its denoiser and that denoiser's settings, and the input images that join its set."""
     backend = config["backend"]
     keys = BACKEND_KEYS[backend["name"]] + (("stage_2",) if spec["technique"] == "upsample" else ())
-    return {key: backend[key] for key in keys if key in backend}
+    params = {key: backend[key] for key in keys if key in backend}
+    if backend["name"] == "ideal":
+        denoiser = spec.get("denoiser", "exact")
+        params["denoiser"] = denoiser
+        settings = {"exact": ("temperature",), "local": ("local",)}[denoiser]
+        params.update({key: backend[key] for key in settings if key in backend})
+        if backend.get("include_inputs"):
+            params["input_images"] = input_images(config, results)
+    return params
+
+
+def figure_backend(config: dict, spec: dict, results: str = "results") -> dict:
+    """What build.make_result loads for a figure: the backend section with the figure's slice resolved."""
+    return {**config["backend"], **backend_params(config, spec, results)}
+
+
+def input_images(config: dict, results: str = "results") -> list[list[str]]:
+    """[path, caption] of every input image config.yaml names: they join the ideal backend's set."""
+    from .data.inputs import input_caption
+
+    return [[input_path(config, key, results), input_caption(value)] for key, value in config["inputs"].items()]
 
 
 def input_path(config: dict, key: str, results: str = "results") -> str:
@@ -266,6 +297,9 @@ def check(config: Any, root: Path = Path(".")) -> None:
     check_text(config)
     for key, value in config["inputs"].items():
         check_input(key, value, root)
+    window = config["backend"].get("local", {}).get("window")
+    if window and not (window[0] % 2 == 1 and window[1] % 2 == 1 and window[0] <= window[1]):
+        raise ConfigError(f"config: backend/local/window {window}: give [small, large], both odd, small <= large")
     if config["backend"]["name"] == "deepfloyd" and not config["backend"].get("stage_1"):
         raise ConfigError("config: backend/stage_1: the deepfloyd backend needs a stage-I model id or folder")
     if config["backend"]["name"] == "deepfloyd":

@@ -19,8 +19,9 @@ NOT_SAMPLING = {"layout.py", "png.py", "post.py", "site.py", "cli.py", "config.p
 # tiny do unless device: cpu), so the same rules run on a CPU-only cluster node.
 BACKEND = config["backend"]
 GPU_PER_SAMPLING_JOB = int(BACKEND["name"] != "ideal" and BACKEND.get("device") != "cpu")
-OTHER_BACKENDS = {"ideal": {"deepfloyd.py", "tiny.py", "trained.py"}, "deepfloyd": {"ideal.py", "tiny.py", "trained.py"},
-                  "tiny": {"ideal.py", "trained.py"}, "trained": {"tiny.py"}}
+OTHER_BACKENDS = {"ideal": {"deepfloyd.py", "tiny.py", "trained.py"},
+                  "deepfloyd": {"ideal.py", "local.py", "photos.py", "tiny.py", "trained.py"},
+                  "tiny": {"ideal.py", "local.py", "photos.py", "trained.py"}, "trained": {"tiny.py", "local.py"}}
 
 
 def code(*names):
@@ -47,8 +48,10 @@ def sampling_inputs(wildcards):
     if config["backend"]["name"] == "trained":  # retrained weights rerun the figures (not SHIPPED.json, the output
         weights = Path(config["backend"].get("weights", "weights/trained"))  # of `train`: never train to sample)
         inputs["weights"] = sorted(str(p) for stage in ("stage_1", "stage_2") for p in (weights / stage).rglob("*") if p.is_file())
-    if config["backend"]["name"] == "ideal":  # the user's own images are part of the ideal denoiser
+    if config["backend"]["name"] == "ideal":  # the user's own images and the inputs are part of the ideal denoiser
         inputs["backend_images"] = [str(p) for folder in config["backend"].get("images", []) for p in sorted(Path(folder).rglob("*")) if p.is_file()]
+        if config["backend"].get("include_inputs"):
+            inputs["set_inputs"] = [path for path, _ in post_config.input_images(config)]
     return inputs
 
 
@@ -57,7 +60,7 @@ def sample_figure(wildcards, input, output, params):
     from diffusion_post.build import make_result
 
     make_result(
-        wildcards.figure, params.spec, config["backend"],  # params.backend: the part that triggers reruns
+        wildcards.figure, params.spec, post_config.figure_backend(config, params.spec),  # params.backend: the part that triggers reruns
         inputs={key: input[key] for key in ("image", "mask") if key in input.keys()},
         source=input.source if "source" in input.keys() else None,
         output=output[0],

@@ -28,14 +28,13 @@ def _load(backend: dict) -> Cascade:
     cache = Path(backend.get("cache_dir", ".cache"))
     name = backend["name"]
     if name == "ideal":
-        from ..data.inputs import write_captioned_inputs
         from .ideal import load_ideal
 
-        folders = [Path(f) for f in backend.get("images", [])]
-        if backend.get("include_inputs", False):
-            folders.append(write_captioned_inputs(cache / "ideal" / "shipped input images"))
-        options = {"temperature": backend["temperature"]} if "temperature" in backend else {}
-        return load_ideal(cache_dir=cache, images=folders, **options)
+        options = {key: backend[key] for key in ("temperature", "photos", "local") if key in backend}
+        denoiser = backend.get("denoiser", "exact")
+        files = [tuple(pair) for pair in backend.get("input_images", [])] if backend.get("include_inputs", False) else []
+        return load_ideal(cache_dir=cache, images=[Path(f) for f in backend.get("images", [])], files=files,
+                          denoiser=denoiser if isinstance(denoiser, str) else "exact", **options)
     from .deepfloyd import load_cascade
 
     if name == "tiny":

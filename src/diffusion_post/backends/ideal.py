@@ -119,6 +119,16 @@ def save_atomic(tensors: dict[str, Tensor], path: Path) -> None:
     tmp.replace(path)
 
 
+def cached(compute: Callable[[], dict[str, Tensor]], cache_dir: Path | None, name: str, key: bytes) -> dict[str, Tensor]:
+    """compute(), kept in cache_dir/ideal/NAME-HASH(key).safetensors when there is a cache_dir."""
+    if cache_dir is None:
+        return compute()
+    path = Path(cache_dir) / "ideal" / f"{name}-{hashlib.sha256(key).hexdigest()[:16]}.safetensors"
+    if not path.exists():
+        save_atomic(compute(), path)
+    return load_file(str(path))
+
+
 def set_arrays(images_128: Tensor) -> dict[str, Tensor]:
     """Per image y_i = up_2(y_i^128) (the 256-px set): y_64 = area_4(y_i) (N, 3 64 64), |y_64|^2, |y_i|^2 and
     |up_4(y_64)|^2, float64."""
@@ -136,7 +146,9 @@ class ImageSet:
     set its 4x4 area downsampling, so that stage I and stage II describe the same images."""
 
     def __init__(self, images: np.ndarray, captions: Sequence[str], caption_embeds: Tensor, temperature: float,
-                 cache_dir: Path | None = None):
+                 cache_dir: Path | None = None, parts: Sequence[int] = ()):
+        """parts: the sizes of the consecutive parts of `images` (emoji, photos, inputs...), whose arrays are cached
+        apart (~10 s for the emoji), so that changing an input image recomputes only its own part."""
         size = (STORED_SIZE, STORED_SIZE, 3)
         if images.dtype != np.uint8 or images.shape[1:] != size or len(images) != len(captions):
             raise ValueError(f"expected (N, {', '.join(map(str, size))}) uint8 images with one caption each: "
@@ -147,14 +159,9 @@ class ImageSet:
         self.temperature = temperature
         self.up_2 = resize_matrix(STORED_SIZE, STAGE_2_SIZE, "bilinear", align_corners=False)  # (256, 128)
         self.up_4 = resize_matrix(STAGE_1_SIZE, STAGE_2_SIZE, "bilinear", align_corners=True)  # (256, 64)
-        compute = lambda: set_arrays(self.images_128)
-        if cache_dir is None:
-            arrays = compute()
-        else:  # ~10 s for the emoji set, so kept next to it
-            path = Path(cache_dir) / "ideal" / f"set-v1-{hashlib.sha256(images.tobytes()).hexdigest()[:16]}.safetensors"
-            if not path.exists():
-                save_atomic(compute(), path)
-            arrays = load_file(str(path))
+        arrays = [cached(lambda part=part: set_arrays(part), cache_dir, "set-v1", part.numpy().tobytes())
+                  for part in self.images_128.split(list(parts) if parts else [len(images)])]
+        arrays = {k: torch.cat([a[k] for a in arrays]) for k in arrays[0]}
         self.y_64, self.y_64_sq, self.y_sq, self.up_4_sq = (arrays[k] for k in ("y_64", "y_64_sq", "y_sq", "up_4_sq"))
 
     def __len__(self) -> int:
@@ -164,9 +171,11 @@ class ImageSet:
         """Stored images idx as float64 in [-1, 1], (k, 3 128 128)."""
         return unit(self.images_128[idx]).flatten(1)
 
-    def log_weights(self, embeds: Tensor) -> Tensor:
-        """log w_i = log softmax_i(cos(prompt, caption_i) / temperature), (B, N) float64; a zero prompt -> uniform."""
-        return torch.log_softmax(embeds.double().cpu() @ self.caption_embeds.T / self.temperature, dim=1)
+    def log_weights(self, embeds: Tensor, temperature: float | None = None) -> Tensor:
+        """log w_i = log softmax_i(cos(prompt, caption_i) / temperature), (B, N) float64; a zero prompt -> uniform.
+        temperature: the set's unless given."""
+        temperature = self.temperature if temperature is None else temperature
+        return torch.log_softmax(embeds.double().cpu() @ self.caption_embeds.T / temperature, dim=1)
 
     def top_captions(self, embeds: Tensor, k: int = 3) -> list[list[tuple[str, float]]]:
         """The k captions of largest weight w_i per prompt, with their weights."""
@@ -191,6 +200,14 @@ class _Ideal:
         if x.shape[1:] != (channels, self.sample_size, self.sample_size):
             raise ValueError(f"the ideal denoiser at {self.sample_size} px takes (B, {channels}, {self.sample_size}, "
                              f"{self.sample_size}) inputs: got {tuple(x.shape)}")
+
+    def _stage_two_inputs(self, x_in: Tensor, t: int, noise_level: int | None) -> tuple[Tensor, Tensor, float, float]:
+        """cat(x_t, z) (B, 6, 256, 256) -> x_t, z (float64), abar_t, abar_s (the noise level of z)."""
+        if noise_level is None:
+            raise ValueError("the stage-II ideal denoiser needs the noise_level at which its 64-px input was noised")
+        self._check(x_in, 6)
+        x_t, z = x_in.detach().cpu().double().chunk(2, dim=1)
+        return x_t, z, self.alphas_cumprod[t].item(), self.lowres_alphas_cumprod[noise_level].item()
 
     @staticmethod
     def _output(x_t: Tensor, y_hat: Tensor, abar_t: float, like: Tensor) -> Tensor:
@@ -246,11 +263,7 @@ class IdealUpsampler(_Ideal):
     @torch.no_grad()
     def __call__(self, x_in: Tensor, t: int, embeds: Tensor, noise_level: int | None = None) -> Tensor:
         """(B, 6, 256, 256) = cat(x_t, z) -> (B, 6, 256, 256)."""
-        if noise_level is None:
-            raise ValueError("the stage-II ideal denoiser needs the noise_level at which its 64-px input was noised")
-        self._check(x_in, 6)
-        x_t, z = x_in.detach().cpu().double().chunk(2, dim=1)
-        abar_t, abar_s = self.alphas_cumprod[t].item(), self.lowres_alphas_cumprod[noise_level].item()
+        x_t, z, abar_t, abar_s = self._stage_two_inputs(x_in, t, noise_level)
         c, var, S = math.sqrt(abar_t), 1 - abar_t, self.set
 
         # 1. prior_i = log w_i - |z - sqrt(abar_s) up_4(y_i^64)|^2 / (2 (1 - abar_s)), through up_4^T z at 64 px
@@ -281,34 +294,83 @@ class IdealUpsampler(_Ideal):
 
 def caption_embeddings(captions: Sequence[str], cache_dir: Path, encoder_name: str, make_encoder: Callable[[], Encoder]) -> Tensor:
     """(N, E) caption vectors, cached in one file per caption list; the encoder is made only on a miss."""
-    key = hashlib.sha256("\n".join([encoder_name, *captions]).encode()).hexdigest()[:16]
-    path = cache_dir / "ideal" / f"captions-{key}.safetensors"
+    key = "\n".join([encoder_name, *captions]).encode()
+    return cached(lambda: {"embeds": make_encoder()(list(captions)).contiguous()}, cache_dir, "captions", key)["embeds"]
+
+
+def photo_parts(cache_dir: Path) -> tuple[np.ndarray, list[str]]:
+    """The sample-photo crops of data.photos, kept under cache_dir/ideal/ (made in ~2 s)."""
+    from ..data import photos
+
+    path = cache_dir / "ideal" / f"photos-{STORED_SIZE}px-v{photos.VERSION}.npz"
     if not path.exists():
-        save_atomic({"embeds": make_encoder()(list(captions)).contiguous()}, path)
-    return load_file(str(path))["embeds"]
+        images, captions = photos.photo_set()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, images=images, captions=np.array(captions))
+        tmp.replace(path)
+    with np.load(path) as data:
+        return data["images"], [str(c) for c in data["captions"]]
 
 
-def load_ideal(cache_dir: Path | str = ".cache", images: Sequence[Path | str] = (), emoji: bool = True,
-               temperature: float = 0.02, prune_margin: float = 50.0,
-               encoder: Callable[[], Encoder] = minilm_encoder, encoder_name: str = ENCODER_NAME) -> Cascade:
-    """The ideal backend: stage I at 64 px and stage II at 256 px over the Noto emoji (`emoji`) and/or the
-    captioned images of the folders `images` (see data.emoji_set.load_folder). `temperature` sets how sharply a
-    prompt selects captions; `encoder` makes the prompt encoder and `encoder_name` names its caches."""
-    cache_dir = Path(cache_dir)
-    parts = ([load_emoji_set(cache_dir)] if emoji else []) + [load_folder(folder) for folder in images]
-    if not parts:
+def captioned_files(files: Sequence[tuple[Path | str, str]]) -> tuple[np.ndarray, list[str]]:
+    """(image file, caption) pairs -> (N, 128, 128, 3) uint8 (the course's centre crop) and captions."""
+    from PIL import Image
+
+    from ..data.emoji_set import fit_square
+
+    images = []
+    for path, _ in files:
+        with Image.open(path) as image:
+            images.append(fit_square(image, STORED_SIZE))
+    return np.stack(images), [caption for _, caption in files]
+
+
+@functools.lru_cache(maxsize=2)
+def image_set_of(cache_dir: Path, folders: tuple[Path, ...], emoji: bool, photos: bool, files: tuple[tuple[str, str], ...],
+                 temperature: float, encoder: Callable[[], Encoder], encoder_name: str) -> tuple[ImageSet, PromptCache, list[str]]:
+    """The set, its prompt cache and the names of its parts; kept per process, so that the exact and the local
+    denoiser of one build share one copy."""
+    named = ([("noto-color-emoji (Debian fonts-noto-color-emoji)", lambda: load_emoji_set(cache_dir))] if emoji else []) \
+        + ([("sample photos of scikit-image, scikit-learn and matplotlib", lambda: photo_parts(cache_dir))] if photos else []) \
+        + [(folder.name, lambda folder=folder: load_folder(folder)) for folder in folders] \
+        + ([("the input images of config.yaml", lambda: captioned_files(files))] if files else [])
+    if not named:
         raise ValueError("the ideal backend needs images: keep emoji=True or pass a folder of captioned images")
-    set_images = np.concatenate([p[0] for p in parts])
-    captions = [c for p in parts for c in p[1]]
+    parts = [load() for _, load in named]
     make_encoder = functools.cache(encoder)  # one model for captions and prompts, loaded on the first miss
     prompts = PromptCache(cache_dir / "prompt_embeds", encoder_name, make_encoder)
-    caption_embeds = caption_embeddings(captions, cache_dir, encoder_name, make_encoder)
-    image_set = ImageSet(set_images, captions, caption_embeds, temperature, cache_dir)
+    caption_embeds = torch.cat([caption_embeddings(p[1], cache_dir, encoder_name, make_encoder) for p in parts])
+    image_set = ImageSet(np.concatenate([p[0] for p in parts]), [c for p in parts for c in p[1]], caption_embeds,
+                         temperature, cache_dir, parts=[len(p[1]) for p in parts])
+    return image_set, prompts, [f"{name} ({len(p[1])})" for (name, _), p in zip(named, parts)]
 
-    dataset = " + ".join((["noto-color-emoji (Debian fonts-noto-color-emoji)"] if emoji else []) + [Path(f).name for f in images])
-    description = {"backend": "ideal", "dataset": dataset, "images": len(image_set), "text_encoder": TEXT_ENCODER,
-                   "temperature": temperature}
+
+def load_ideal(cache_dir: Path | str = ".cache", images: Sequence[Path | str] = (), emoji: bool = True, photos: bool = False,
+               files: Sequence[tuple[Path | str, str]] = (), temperature: float = 0.02, prune_margin: float = 50.0,
+               denoiser: str = "exact", local: dict | None = None,
+               encoder: Callable[[], Encoder] = minilm_encoder, encoder_name: str = ENCODER_NAME) -> Cascade:
+    """The ideal backend: stage I at 64 px and stage II at 256 px over the Noto emoji (`emoji`), crops of sample
+    photos (`photos`), the captioned images of the folders `images` (see data.emoji_set.load_folder) and single
+    captioned image `files` ((path, caption) pairs: the post's inputs). `temperature` sets how sharply a prompt
+    selects captions; `encoder` makes the prompt encoder and `encoder_name` names its caches.
+    denoiser: "exact" (the MMSE denoiser of this module) or "local" (backends.local, options `local`)."""
+    if denoiser not in ("exact", "local"):
+        raise ValueError(f"unknown ideal denoiser {denoiser!r}: use exact or local")
+    files = tuple((str(path), caption) for path, caption in files)
+    image_set, prompts, dataset = image_set_of(Path(cache_dir), tuple(Path(f) for f in images), emoji, photos, files,
+                                               temperature, encoder, encoder_name)
+    description = {"backend": "ideal", "denoiser": denoiser, "dataset": " + ".join(dataset), "images": len(image_set),
+                   "text_encoder": TEXT_ENCODER, "temperature": temperature}
     lowres_alphas_cumprod = cosine_alphas_cumprod()  # IF's image-noising scheduler uses the same cosine schedule
-    stage_1 = IdealDenoiser(image_set, prompts, {**description, "stage": 1})
-    stage_2 = IdealUpsampler(image_set, prompts, {**description, "stage": 2}, lowres_alphas_cumprod, prune_margin)
+    if denoiser == "local":
+        from .local import LocalDenoiser, LocalOptions, LocalUpsampler
+
+        options = LocalOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in (local or {}).items()})
+        description.update(temperature=options.temperature, local=dict(options.__dict__, window=list(options.window)))
+        stage_1 = LocalDenoiser(image_set, prompts, {**description, "stage": 1}, options)
+        stage_2 = LocalUpsampler(image_set, prompts, {**description, "stage": 2}, lowres_alphas_cumprod, options)
+    else:
+        stage_1 = IdealDenoiser(image_set, prompts, {**description, "stage": 1})
+        stage_2 = IdealUpsampler(image_set, prompts, {**description, "stage": 2}, lowres_alphas_cumprod, prune_margin)
     return Cascade(stage_1, StageTwo(stage_2, lowres_alphas_cumprod), description)

@@ -126,22 +126,11 @@ def write_default_input(name: str, path: Path | str) -> Path:
     return path
 
 
-def write_captioned_inputs(folder: Path | str) -> Path:
-    """Every default input as a PNG in `folder`, with a captions.csv of their descriptions (for load_folder)."""
-    import csv
+def input_caption(value: str) -> str:
+    """The caption an input image has in the ideal backend's set: a shipped image's description without its
+    credits, or a file's name in words ('photos/old_tower-2.jpg' -> 'old tower 2')."""
     import re
 
-    folder = Path(folder)
-    table = folder / "captions.csv"
-    if table.exists():
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for name, about in DEFAULT_INPUTS.items():
-        default_input(name).save(folder / f"{name}.png")
-        rows.append((f"{name}.png", re.sub(r"\s*\(.*\)$", "", about)))
-    tmp = table.with_suffix(".tmp")
-    with tmp.open("w", newline="") as f:
-        csv.writer(f).writerows(rows)
-    tmp.replace(table)
-    return folder
+    if value.startswith("builtin:") and value[len("builtin:"):] in DEFAULT_INPUTS:
+        return re.sub(r"\s*\(.*\)$", "", DEFAULT_INPUTS[value[len("builtin:"):]])
+    return re.sub(r"[_\-\s]+", " ", Path(value).stem).strip() or Path(value).name

@@ -1,0 +1,188 @@
+"""Does each figure show its technique? Builds the affected figures and prints one measure per figure.
+
+Measures (RMS distances in [-1, 1] pixel units, 64 px):
+  sdedit / text edit  distance of each edit to the input, per i_start (target: >= 0.8 at the first, <= 0.15 at
+                      the last, falling at >= 4 of 5 steps); text edits also: rank of the edit prompt's caption
+                      in the exact posterior of the most edited image (uniform prior, t = 100; target: top 5)
+  samples             mean pairwise distance (target >= 0.3), each sample's distance to its nearest set image
+                      (target >= 0.05: no sample is a set image)
+  inpainting          hole vs original (target >= 0.3), outside vs original (0), seam score = mean |gradient|
+                      across the hole's border / mean |gradient| of the image (target <= 2)
+  one-step            PSNR of each estimate against the input (target at t = 250: >= 25 dB)
+  anagram / hybrid    rank of each view's prompt caption in the exact posterior of that view (the view of an
+                      anagram; the low-pass / high-pass part of a hybrid, compared with the set filtered alike)
+
+  python bench/bench_quality.py                      # the shipped config
+  python bench/bench_quality.py --user-photo         # the test image replaced by a photo the project does not ship
+  python bench/bench_quality.py --figures samples sdedit_test_image   # some figures only
+"""
+
+import argparse
+import itertools
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from diffusion_post import config as post_config
+from diffusion_post.backends import load_backend
+from diffusion_post.build import make_result, write_builtin_input
+from diffusion_post.figures import components
+from diffusion_post.images import load_result
+from diffusion_post.views import get_view
+
+ROOT = Path(__file__).resolve().parents[1]
+MEASURED = ("one_step", "sample", "sdedit", "inpaint", "anagram", "hybrid")
+
+
+def rms(a, b) -> float:
+    return (a - b).square().mean().sqrt().item()
+
+
+def psnr(a, b) -> float:
+    return 10 * math.log10(4 / (a - b).square().mean().item())  # data range 2
+
+
+def user_photo(path: Path) -> Path:
+    """A photo the project does not ship: scikit-learn's flower.jpg (kept out of the photo crops), 640 x 427."""
+    from diffusion_post.data.photos import source_image
+
+    image = source_image("sklearn", "datasets/images", "flower.jpg")
+    if image is None:
+        raise SystemExit("--user-photo needs scikit-learn (its flower.jpg)")
+    image.save(path)
+    return path
+
+
+class Judge:
+    """The exact posterior over the set at t = 100 with a uniform prior: which set images an output looks like."""
+
+    def __init__(self, cfg: dict):
+        backend = post_config.figure_backend(cfg, {"technique": "sample", "denoiser": "exact"}, "inputs_tmp")
+        self.cascade = load_backend(backend)
+        S = self.cascade.stage_1.set
+        self.set, self.y = S, S.y_64.view(-1, 3, 64, 64).float()
+        self.abar = self.cascade.stage_1.alphas_cumprod[100].item()
+
+    def nearest(self, x) -> float:
+        """RMS distance of x (3, 64, 64) to its nearest set image."""
+        return ((self.y - x).square().mean((1, 2, 3)).min().sqrt()).item()
+
+    def rank(self, x, prompt: str, filt=lambda y: y) -> tuple[int, str]:
+        """Rank (1 = first) of the prompt's best caption in the posterior of filt(x) among filt(set), and the
+        posterior's top caption."""
+        target = self.set.log_weights(self.cascade.embed([prompt])).argmax().item()
+        fx, fy = filt(x[None].float()), filt(self.y)
+        logits = -(fx - math.sqrt(self.abar) * fy).square().sum((1, 2, 3)) / (2 * (1 - self.abar))
+        order = logits.argsort(descending=True)
+        return (order == target).nonzero().item() + 1, self.set.captions[order[0]]
+
+
+def measure(name: str, spec: dict, result: dict, source: dict | None, judge: Judge) -> list[str]:
+    images = result["images"]
+    technique = spec["technique"]
+    if technique == "one_step":
+        original = source["original"][0]
+        return [f"PSNR at t={t}: {psnr(x, original):.1f} dB" for t, x in zip(source["timesteps"].tolist(), images)]
+    if technique == "sdedit":
+        x0, edits = images[-1], images[:-1]
+        d = [rms(e, x0) for e in edits]
+        falls = sum(b < a for a, b in zip(d, d[1:]))
+        ok = d[0] >= 0.8 and d[-1] <= 0.15 and falls >= len(d) - 2
+        lines = ["distance to input per i_start " + " ".join(f"{v:.3f}" for v in d)
+                 + f"  (falls {falls}/{len(d) - 1}) {'PASS' if ok else 'FAIL'}"]
+        if name.startswith("text_edit"):
+            r, top = judge.rank(edits[0], spec["prompt"])
+            lines.append(f"prompt caption rank at i_start {spec['i_starts'][0]}: {r} ({'top 5' if r <= 5 else 'not top 5'}; posterior's top: {top})")
+        return lines
+    if technique == "sample":
+        pairs = [rms(a, b) for a, b in itertools.combinations(images, 2)]
+        near = [judge.nearest(x) for x in images]
+        ok = (sum(pairs) / len(pairs) >= 0.3) and min(near) >= 0.05
+        return [f"mean pairwise {sum(pairs) / len(pairs):.3f}, nearest set image " + " ".join(f"{v:.3f}" for v in near)
+                + f" {'PASS' if ok else 'FAIL'}"]
+    if technique == "inpaint":
+        x0, result_image, mask = images[0], images[-1], result["mask"][0, 0].bool()
+        hole = (result_image - x0)[:, mask].square().mean().sqrt().item()
+        outside = (result_image - x0)[:, ~mask].abs().max().item()
+        gy, gx = (result_image[:, 1:] - result_image[:, :-1]).abs().mean(0), (result_image[:, :, 1:] - result_image[:, :, :-1]).abs().mean(0)
+        across_y, across_x = mask[1:] != mask[:-1], mask[:, 1:] != mask[:, :-1]
+        seam = torch.cat([gy[across_y], gx[across_x]]).mean().item() / torch.cat([gy.flatten(), gx.flatten()]).mean().item()
+        ok = hole >= 0.3 and outside < 1e-5 and seam <= 2
+        return [f"hole vs original {hole:.3f}, outside {outside:.1e}, seam score {seam:.2f} {'PASS' if ok else 'FAIL'}"]
+    if technique == "anagram":
+        samples = result["samples"]
+        lines = []
+        for k, (view_name, prompt) in enumerate(zip(spec["views"], spec["prompts"])):
+            ranks = [judge.rank(get_view(view_name).view(x), prompt) for x in samples]
+            lines.append(f"view {view_name} / {prompt!r}: rank " + ", ".join(f"{r} (top: {top})" for r, top in ranks))
+        return lines
+    if technique == "hybrid":
+        parts = components(spec)
+        lines = []
+        for k, (f, prompt) in enumerate(zip(parts, spec["prompts"])):
+            ranks = [judge.rank(x, prompt, filt=f) for x in images]
+            lines.append(f"component {k} / {prompt!r}: rank " + ", ".join(f"{r} (top: {top})" for r, top in ranks))
+        return lines
+    return []
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(ROOT / "config.yaml"))
+    parser.add_argument("--figures", nargs="*", help="figure names (default: every measured figure)")
+    parser.add_argument("--user-photo", action="store_true", help="replace the test image by a photo the project does not ship")
+    parser.add_argument("--out", help="also lay out each measured figure as OUT/<figure>.png")
+    parser.add_argument("--local", type=json.loads, default={}, help="override backend/local settings, as JSON")
+    args = parser.parse_args()
+    cfg = post_config.load(args.config)
+    cfg["backend"]["local"] = {**cfg["backend"].get("local", {}), **args.local}
+    cfg["backend"]["cache_dir"] = str((Path(args.config).resolve().parent / cfg["backend"].get("cache_dir", ".cache")))
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if args.user_photo:
+            cfg["inputs"]["test_image"] = str(user_photo(tmp / "flower.jpg"))
+        out = Path(args.out).resolve() if args.out else None
+        import os
+
+        os.chdir(tmp)
+        for key, value in cfg["inputs"].items():
+            if value.startswith(post_config.BUILTIN):
+                write_builtin_input(value[len(post_config.BUILTIN):], post_config.input_path(cfg, key, "inputs_tmp"))
+        table = post_config.figure_table(cfg)
+        specs = {name: post_config.resolve(cfg, name) for name in table}
+        wanted = args.figures or [n for n, s in specs.items() if s["technique"] in MEASURED]
+        todo = []  # the wanted figures and the figures they start from, in config order
+        for name in specs:
+            if name in wanted or any(specs[w].get("source") == name for w in wanted):
+                todo.append(name)
+        judge = Judge(cfg)
+        print(f"{'figure':<28}{'denoiser':<9}{'s':>6}  measure")
+        for name in todo:
+            spec = specs[name]
+            inputs = {"image": post_config.input_path(cfg, spec["image"], "inputs_tmp")} if "image" in spec else {}
+            source = f"raw/{spec['source']}.safetensors" if "source" in spec else None
+            start = time.perf_counter()
+            make_result(name, spec, post_config.figure_backend(cfg, spec, "inputs_tmp"), inputs, source, f"raw/{name}.safetensors")
+            seconds = time.perf_counter() - start
+            if name not in wanted:
+                continue
+            result = load_result(f"raw/{name}.safetensors")[0]
+            if args.out:
+                from diffusion_post import layout
+
+                layout.figure(f"raw/{name}.safetensors", out / f"{name}.png")
+            lines = measure(name, spec, result, load_result(source)[0] if source else None, judge) or ["(not measured)"]
+            print(f"{name:<28}{spec.get('denoiser', '-'):<9}{seconds:6.1f}  {lines[0]}")
+            for line in lines[1:]:
+                print(f"{'':<43}{line}")
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,272 @@
+"""The local denoiser: the ideal backend's other estimator, a training-free patch posterior.
+
+The equivariant local score machine of Kamb & Ganguli 2024 ("An analytic theory of creativity in convolutional
+diffusion models", arXiv 2412.20292) replaces the exact posterior over whole set images by one posterior per pixel
+p, over set images y_n (and, optionally, shifted copies of them), that sees only a window W(p) of P(t) x P(t)
+pixels around p:
+
+    D_n(p)     = sum_{q in W(p), c} (x_t[c, q] - sqrt(abar_t) y_n[c, q])^2        (a box filter of the squared difference)
+    logit_n(p) = lambda(P) log w_n - D_n(p) / (2 (1 - abar_t)),
+    E[y(p) | x_t] ~ sum_n softmax_n(logit_n(p)) y_n(p).
+
+Each pixel copies from the set images whose neighbourhood agrees with its own, so outputs are new combinations of
+set patches (collages at large t, details from the nearest patches at small t) instead of whole set images. With
+a window covering the whole image (P >= 2 H - 1, no shifts, lambda = 1) every pixel sees every pixel and this is
+the exact MMSE denoiser of ideal.py. w_n are the prompt weights of ideal.ImageSet (at the local temperature);
+lambda(P) = min(1, P^2 / (H W)) with `area_prior` (the prompt sets the layout while windows are large and fades
+as they shrink), else 1. The window shrinks linearly from window[1] at t = 999 to window[0] at t = 0.
+
+Speed: for each block of 8 x 8 pixels only the `candidates` images (or shifted copies) of largest logit are kept,
+ranked by the window distance of 4 x 4 area-pooled images (16 |pool(x - c y)|^2 <= |x - c y|^2 over whole
+cells, a lower bound); the exact window distances are then computed on those candidates' patches only.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..denoiser import join_output
+from .ideal import STAGE_1_SIZE, STAGE_2_SIZE, STORED_SIZE, ImageSet, PromptCache, _Ideal, resize, unit
+
+POOL = 4  # ranking resolution: 4 x 4 cells of the 64-px grid
+
+
+@dataclass(frozen=True)
+class LocalOptions:
+    window: tuple[int, int] = (3, 15)  # window side P (odd, 64-px pixels) at t = 0 and at t = 999, linear in between
+    temperature: float = 0.05  # of the prompt weights w_n (the exact denoiser's sharper 0.01 picks one caption)
+    shift: int = 0  # shifted copies of every image, offsets {-shift, 0, shift}^2 pixels (a multiple of 4); 0 = none
+    area_prior: bool = False  # fade the prompt prior with the window's area, lambda = min(1, P^2 / (H W))
+    candidates: int = 8  # images kept per block of `block` x `block` pixels
+    block: int = 8
+
+    def __post_init__(self):
+        small, large = self.window
+        if not (small % 2 == 1 and large % 2 == 1 and 1 <= small <= large):
+            raise ValueError(f"local window {list(self.window)}: give [small, large], odd, small <= large")
+        if self.shift % POOL or self.shift < 0:
+            raise ValueError(f"local shift {self.shift}: give 0 or a positive multiple of {POOL}")
+        if STAGE_1_SIZE % self.block or self.block % POOL or self.candidates < 1:
+            raise ValueError(f"local block {self.block} must divide {STAGE_1_SIZE} and be a multiple of {POOL}; candidates >= 1")
+
+    def window_at(self, t: int) -> int:
+        """P(t), odd: window[0] at t = 0, window[1] at t = 999."""
+        small, large = self.window
+        return 2 * round((small + (large - small) * t / 999 - 1) / 2) + 1
+
+    def offsets(self) -> list[tuple[int, int]]:
+        steps = (-self.shift, 0, self.shift) if self.shift else (0,)
+        return [(dy, dx) for dy in steps for dx in steps]
+
+
+def box_sum(sq: Tensor, P: int, out: int) -> Tensor:
+    """Sums of P x P windows of (..., L, L), L = out + P - 1, at the out x out positions: (..., out, out)."""
+    S = F.pad(sq.cumsum(-1).cumsum(-2), (1, 0, 1, 0))
+    return S[..., P:P + out, P:P + out] - S[..., :out, P:P + out] - S[..., P:P + out, :out] + S[..., :out, :out]
+
+
+def flat_index(n: Tensor, rows: Tensor, cols: Tensor, size: int) -> Tensor:
+    """Indices into a flattened (N, 3, size, size) tensor of images n (...), rows (..., L), cols (..., L):
+    (..., 3, L, L), for one `take` (much faster than indexing with four broadcast index tensors)."""
+    plane = size * size
+    return (n[..., None, None, None] * (3 * plane) + torch.arange(3)[:, None, None] * plane
+            + rows[..., None, :, None] * size + cols[..., None, None, :])
+
+
+def learned_range_of(post_var: Tensor, abar: Tensor, t: int) -> Tensor:
+    """The learned-range value v whose variance matches the posterior's, for a one-step transition t -> t - 1.
+
+    The exact denoiser returns v = -1 (beta_tilde): right once its posterior has collapsed onto one image. The
+    local posterior stays wide (each pixel mixes several patches), and then the variance of x_{t-1} given x_t is
+    beta_tilde + a^2 Var[x0 | x_t], a = sqrt(abar_{t-1}) beta_t / (1 - abar_t) (the posterior mean's coefficient of
+    x0; Bao et al. 2022, Analytic-DPM). We report, per pixel, the fraction of the way from beta_tilde to beta_t
+    (in log space, improved DDPM eq. 15) that this variance sits, clipped to [0, 1]; for small steps it tends to
+    Var[x0 | x_t] / (1 - abar_t). Var is the per-pixel variance of the set pixels under the local weights, so a
+    collapsed posterior gives v = -1 as the exact denoiser does, and a wide one adds the noise it is unsure about.
+    """
+    if t == 0:
+        return torch.full_like(post_var, -1.0)
+    a_t, a_prev = abar[t].double(), abar[t - 1].double()
+    beta = 1 - a_t / a_prev
+    beta_tilde = (1 - a_prev) / (1 - a_t) * beta
+    coef = a_prev.sqrt() * beta / (1 - a_t)
+    frac = torch.log1p(coef**2 * post_var.clamp(min=0) / beta_tilde) / torch.log(beta / beta_tilde)
+    return 2 * frac.clamp(0, 1) - 1
+
+
+class _Local(_Ideal):
+    """What both local stages share: the options, the pooled and shifted ranking set, the candidate search."""
+
+    def __init__(self, image_set: ImageSet, prompts: PromptCache, description: dict, sample_size: int, options: LocalOptions):
+        super().__init__(image_set, prompts, description, sample_size)
+        self.options = options
+        self.offsets = options.offsets()
+        self.y = image_set.y_64.view(-1, 3, STAGE_1_SIZE, STAGE_1_SIZE)
+        self._pooled: dict[int, Tensor] = {}
+        self._cast: dict[tuple, Tensor] = {}
+        # window distances are differences of nearby pixels, summed over at most a window: float32 keeps ~7 digits
+        # of each, enough for the softmax (tests set float64 to compare with the exact denoiser's 1e-9)
+        self.dtype = torch.float32
+
+    def cast(self, y_set: Tensor) -> Tensor:
+        """y_set in self.dtype, made once per set and dtype."""
+        key = (id(y_set), self.dtype)
+        if key not in self._cast:
+            self._cast[key] = y_set.to(self.dtype).contiguous()
+        return self._cast[key]
+
+    def pooled(self, y_set: Tensor) -> Tensor:
+        """The ranking set of a (N, 3, 64, 64) set: every shifted copy of every image at 16 x 16, float32
+        (shift s of image n is row s N + n), made once per set."""
+        key = id(y_set)
+        if key not in self._pooled:
+            self._pooled[key] = torch.cat([F.avg_pool2d(self.shifted(y_set, dy, dx), POOL) for dy, dx in self.offsets]).float()
+        return self._pooled[key]
+
+    @staticmethod
+    def shifted(y: Tensor, dy: int, dx: int) -> Tensor:
+        """y(q - (dy, dx)) with edge pixels repeated: (..., H, W)."""
+        H, W = y.shape[-2:]
+        rows, cols = (torch.arange(H) - dy).clamp(0, H - 1), (torch.arange(W) - dx).clamp(0, W - 1)
+        return y[..., rows, :][..., cols]
+
+    def prior(self, embeds: Tensor, P: int) -> Tensor:
+        """lambda(P) log w_n, (B, N)."""
+        log_w = self.set.log_weights(embeds, self.options.temperature)
+        lam = min(1.0, P * P / STAGE_1_SIZE**2) if self.options.area_prior else 1.0
+        return lam * log_w
+
+    def candidates(self, observations: list[tuple[Tensor, Tensor, float, float]], prior: Tensor, P: int) -> Tensor:
+        """Per block, the `candidates` rows of the ranking set of largest pooled logit: (B, blocks, k) indices.
+        The pooled logit sums, over the observations (x (B, 3, 64, 64), y_set (N, 3, 64, 64), c, var), a lower bound
+        of D: 16 |pool_4(x - c y)|^2 over the 4 x 4 cells of a window of about P x P pixels centred on the block."""
+        o, cells = self.options, STAGE_1_SIZE // POOL
+        per_block, r = o.block // POOL, (P // 2 + POOL // 2) // POOL
+        size = per_block + 2 * r
+        score = prior.float().repeat(1, len(self.offsets))[:, :, None]  # (B, M, 1)
+        for x, y_set, c, var in observations:
+            xp, yp = F.avg_pool2d(x, POOL).float().flatten(2), self.pooled(y_set).flatten(2)  # (B, 3, 256), (M, 3, 256)
+            d = (xp[:, None] - c * yp[None]).square().sum(2).view(xp.shape[0], -1, cells, cells)  # (B, M, 16, 16)
+            window = F.avg_pool2d(d, size, stride=per_block, padding=r, count_include_pad=True) * size**2
+            score = score - POOL**2 * window[..., :STAGE_1_SIZE // o.block, :STAGE_1_SIZE // o.block].flatten(2) / (2 * var)
+        k = min(o.candidates, score.shape[1])
+        return score.topk(k, dim=1).indices.transpose(1, 2)  # (B, blocks, k)
+
+    def local_weights(self, observations: list[tuple[Tensor, Tensor, float, float]], prior: Tensor, P: int
+                      ) -> tuple[Tensor, Tensor, Tensor]:
+        """The per-pixel posterior over each block's candidates at 64 px: weights (B, blocks, k, b, b), image
+        index n and offset index s of each candidate (B, blocks, k). Each observation (x, y_set, c, var) adds
+        -D(x, c y_set) / (2 var) to the logits, D summed over a P x P window of 64-px pixels."""
+        o, H, b = self.options, STAGE_1_SIZE, self.options.block
+        N = len(self.set)
+        cand = self.candidates(observations, prior, P)  # (B, nb, k)
+        n, s = cand % N, cand // N
+        B, nb, k = cand.shape
+        h, L = P // 2, b + P - 1
+        per_row = H // b
+        top, left = (torch.arange(nb) // per_row) * b - h, (torch.arange(nb) % per_row) * b - h  # window corner per block
+        span = torch.arange(L)
+        rows, cols = top[:, None] + span, left[:, None] + span  # (nb, L) image coordinates
+        valid = ((rows >= 0) & (rows < H))[:, :, None] & ((cols >= 0) & (cols < H))[:, None, :]  # (nb, L, L)
+        dy = torch.tensor([d for d, _ in self.offsets])[s]  # (B, nb, k)
+        dx = torch.tensor([d for _, d in self.offsets])[s]
+        y_rows = (rows[None, :, None] - dy[..., None]).clamp(0, H - 1)  # (B, nb, k, L)
+        y_cols = (cols[None, :, None] - dx[..., None]).clamp(0, H - 1)
+        x_index = flat_index(torch.arange(B)[:, None], rows.clamp(0, H - 1)[None], cols.clamp(0, H - 1)[None], H)  # (B, nb, 3, L, L)
+        y_index = flat_index(n, y_rows, y_cols, H)  # (B, nb, k, 3, L, L)
+        logits = prior.gather(1, n.flatten(1)).view(B, nb, k)[..., None, None].to(self.dtype).expand(B, nb, k, b, b).clone()
+        for x, y_set, c, var in observations:
+            x_patch = x.to(self.dtype).flatten().take(x_index)
+            y_patch = self.cast(y_set).flatten().take(y_index)
+            sq = (x_patch[:, :, None] - c * y_patch).square().sum(3) * valid[None, :, None]
+            logits -= box_sum(sq, P, b) / (2 * var)
+        return logits.softmax(dim=2), n, s
+
+    def block_patches(self, images: Tensor, n: Tensor, s: Tensor, scale: int) -> Tensor:
+        """The pixels of each candidate under each block, at `scale` times 64 px: (B, nb, k, 3, b scale, b scale).
+        images: (N, 3, 64 scale, 64 scale), any dtype."""
+        b, H = self.options.block * scale, STAGE_1_SIZE * scale
+        nb = n.shape[1]
+        per_row = STAGE_1_SIZE // self.options.block
+        top, left = (torch.arange(nb) // per_row) * b, (torch.arange(nb) % per_row) * b
+        span = torch.arange(b)
+        dy = torch.tensor([d for d, _ in self.offsets])[s] * scale
+        dx = torch.tensor([d for _, d in self.offsets])[s] * scale
+        rows = (top[None, :, None, None] + span - dy[..., None]).clamp(0, H - 1)  # (B, nb, k, b)
+        cols = (left[None, :, None, None] + span - dx[..., None]).clamp(0, H - 1)
+        return images.flatten().take(flat_index(n, rows, cols, H))
+
+    def assemble(self, blocks: Tensor) -> Tensor:
+        """(B, nb, 3, b, b) blocks in raster order -> (B, 3, H, W)."""
+        B, nb, C, b, _ = blocks.shape
+        per_row = int(math.isqrt(nb))
+        return blocks.view(B, per_row, per_row, C, b, b).permute(0, 3, 1, 4, 2, 5).reshape(B, C, per_row * b, per_row * b)
+
+    def mean_and_variance(self, weights: Tensor, patches: Tensor, scale: int) -> tuple[Tensor, Tensor]:
+        """Per-pixel posterior mean and variance from 64-px weights (B, nb, k, b, b) and candidate pixels at
+        `scale` x 64 px (B, nb, k, 3, b s, b s): each weight covers its s x s pixels."""
+        if scale > 1:
+            weights = weights.repeat_interleave(scale, -1).repeat_interleave(scale, -2)
+        w = weights[:, :, :, None].to(patches.dtype)  # (B, nb, k, 1, bs, bs)
+        mean = (w * patches).sum(2)
+        second = (w * patches.square()).sum(2)
+        return self.assemble(mean), self.assemble(second - mean.square())
+
+    def output(self, x_t: Tensor, y_hat: Tensor, post_var: Tensor, t: int, like: Tensor) -> Tensor:
+        abar_t = self.alphas_cumprod[t].item()
+        eps_hat = (x_t - math.sqrt(abar_t) * y_hat) / math.sqrt(1 - abar_t)
+        v = learned_range_of(post_var, self.alphas_cumprod, t)
+        return join_output(eps_hat, v).to(device=like.device, dtype=like.dtype)
+
+
+class LocalDenoiser(_Local):
+    """Stage I: the local posterior over the 64-px set."""
+
+    def __init__(self, image_set: ImageSet, prompts: PromptCache, description: dict, options: LocalOptions = LocalOptions()):
+        super().__init__(image_set, prompts, description, STAGE_1_SIZE, options)
+
+    @torch.no_grad()
+    def __call__(self, x_t: Tensor, t: int, embeds: Tensor, noise_level: int | None = None) -> Tensor:
+        """(B, 3, 64, 64) -> (B, 6, 64, 64)."""
+        self._check(x_t, 3)
+        abar_t = self.alphas_cumprod[t].item()
+        x = x_t.detach().cpu().double()
+        P = self.options.window_at(t)
+        weights, n, s = self.local_weights([(x, self.y, math.sqrt(abar_t), 1 - abar_t)], self.prior(embeds, P), P)
+        y_hat, post_var = self.mean_and_variance(weights, self.block_patches(self.cast(self.y), n, s, 1), 1)
+        return self.output(x, y_hat, post_var, t, like=x_t)
+
+
+class LocalUpsampler(_Local):
+    """Stage II: the local posterior over the 256-px set given x_t and z = sqrt(abar_s) up_4(y^64) + noise.
+
+    The window distances of both observations are computed on the 64-px grid, between 4 x 4 area-pooled
+    images, times 16: the part of the 256-px distance that varies between 4 x 4 cells (the within-cell part,
+    the finest detail, is left out of the weights: an approximation that keeps stage II at stage I's cost).
+    The per-pixel mean is then taken over the candidates' 128-px stored pixels and upsampled 2x, as the exact
+    stage II does (E[up_2(y)] = up_2(E[y]) within a cell)."""
+
+    def __init__(self, image_set: ImageSet, prompts: PromptCache, description: dict, lowres_alphas_cumprod: Tensor,
+                 options: LocalOptions = LocalOptions()):
+        super().__init__(image_set, prompts, description, STAGE_2_SIZE, options)
+        self.lowres_alphas_cumprod = lowres_alphas_cumprod
+        up_4 = F.interpolate(self.y, size=(STAGE_2_SIZE, STAGE_2_SIZE), mode="bilinear", align_corners=True)
+        self.y_z = F.avg_pool2d(up_4, 4)  # what z's pooled mean looks like for each image, (N, 3, 64, 64)
+        self.images_128 = image_set.images_128  # (N, 3, 128, 128) uint8
+
+    @torch.no_grad()
+    def __call__(self, x_in: Tensor, t: int, embeds: Tensor, noise_level: int | None = None) -> Tensor:
+        """(B, 6, 256, 256) = cat(x_t, z) -> (B, 6, 256, 256)."""
+        x_t, z, abar_t, abar_s = self._stage_two_inputs(x_in, t, noise_level)
+        P = self.options.window_at(t)
+        # a pooled distance sums 16 pixels' worth of squared mean difference: var / 16 per pooled pixel
+        observations = [(F.avg_pool2d(x_t, 4), self.y, math.sqrt(abar_t), (1 - abar_t) / 16),
+                        (F.avg_pool2d(z, 4), self.y_z, math.sqrt(abar_s), (1 - abar_s) / 16)]
+        weights, n, s = self.local_weights(observations, self.prior(embeds, P), P)
+        patches = unit(self.block_patches(self.images_128, n, s, STORED_SIZE // STAGE_1_SIZE)).to(self.dtype)
+        mean_128, var_128 = self.mean_and_variance(weights, patches, STORED_SIZE // STAGE_1_SIZE)
+        up = lambda a: resize(self.set.up_2, a.double())
+        return self.output(x_t, up(mean_128), up(var_128), t, like=x_in)
