@@ -6,6 +6,7 @@ the cluster and locally; the outputs must be byte-identical, each section must b
 models once, and a job cancelled with `scancel` while it samples must leave no partial file and rerun."""
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -14,14 +15,16 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
+from diffusion_post import config as post_config
 from diffusion_post.backends import LOAD_MESSAGE
 from diffusion_post.project import copy_project
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "slurm_cluster.sh"
 FIGURES = ["setup_stage_1", "setup_stage_2", "forward", "samples", "cfg_samples", "sdedit_test_image",
-           "anagram_campfire_old_man", "hybrid_skull_waterfall"]
+           "anagram_citadel_castle", "hybrid_skull_castle"]
 SECTIONS = 6  # the sections the figures above come from
 TARGETS = [f"figures/{name}.png" for name in FIGURES]
 RESULTS = [f"results/{name}.safetensors" for name in FIGURES]
@@ -76,7 +79,10 @@ def local(tmp_path_factory) -> Path:
     """The same figures built locally (profiles/default); also prepares the backend's shared caches."""
     root = project(tmp_path_factory, "local")
     run = snakemake(root, "--cores", "1", *TARGETS)
-    assert run.stderr.count(LOAD_MESSAGE) == 1  # every job in the Snakemake process: one load per build
+    config = yaml.safe_load((root / "config.yaml").read_text())
+    backends = {json.dumps(post_config.figure_backend(config, post_config.resolve(config, name)), sort_keys=True)
+                for name in FIGURES}
+    assert run.stderr.count(LOAD_MESSAGE) == len(backends)  # every job in the Snakemake process: one load per backend
     return root
 
 

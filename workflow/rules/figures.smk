@@ -24,11 +24,14 @@ for _figure, _frames in FRAMES.items():
         name:
             f"figure_{_figure}"
         input:
-            result=f"results/{_figure}.safetensors",
+            result="results/{figure}.safetensors",
             code=code("layout.py", "png.py", "images.py"),
         output:
-            figure=f"figures/{_figure}.png",
-            frames=_frames,
+            figure=report("figures/{figure}.png", caption="../report/figure.rst", category=section_of, labels=made_by),
+            frames=[f"figures/{{figure}}/frame-{k}.png" for k in range(len(_frames))],
+        wildcard_constraints:
+            figure=_figure,
+        localrule: True  # cheap: on a cluster it runs where Snakemake runs, like the other layout rules
         run:
             from diffusion_post import layout
 
