@@ -315,14 +315,10 @@ def photo_parts(cache_dir: Path) -> tuple[np.ndarray, list[str]]:
 
 def captioned_files(files: Sequence[tuple[Path | str, str]]) -> tuple[np.ndarray, list[str]]:
     """(image file, caption) pairs -> (N, 128, 128, 3) uint8 (the course's centre crop) and captions."""
-    from PIL import Image
-
     from ..data.emoji_set import fit_square
+    from ..image_files import read_rgb
 
-    images = []
-    for path, _ in files:
-        with Image.open(path) as image:
-            images.append(fit_square(image, STORED_SIZE))
+    images = [fit_square(read_rgb(path), STORED_SIZE) for path, _ in files]  # any bit depth, transparency on white
     return np.stack(images), [caption for _, caption in files]
 
 
