@@ -7,6 +7,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,6 +57,16 @@ def test_fresh_dry_run_has_a_job_for_every_image(build, tmp_path):
     assert set(post_config.figure_files(config)) <= outputs
     assert {f for files in post_config.figure_frames(config).values() for f in files} <= outputs
     assert {f"results/{name}.safetensors" for name in post_config.figure_table(config)} <= outputs
+
+
+def test_parsing_the_workflow_imports_no_torch(build, tmp_path):
+    """A dry run (parse, config checks, DAG) runs with a `torch` that fails on import first on the path."""
+    poisoned = tmp_path / "poisoned" / "torch"
+    poisoned.mkdir(parents=True)
+    (poisoned / "__init__.py").write_text("raise ImportError('torch imported while parsing the workflow')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(poisoned.parent), str(build / "src")])}
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-n"], cwd=build, env=env, capture_output=True, text=True)
+    assert run.returncode == 0 and "torch imported" not in run.stdout + run.stderr, run.stderr[-2000:]
 
 
 def test_a_build_loads_the_models_once(build):

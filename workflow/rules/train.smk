@@ -4,7 +4,7 @@
 # Settings: the `training` section of config.yaml (all optional; defaults below).
 import sys
 
-from diffusion_post.training.data import EMOJIBASE, VERSION as DATA_VERSION
+from diffusion_post.training import DATA_VERSION, EMOJIBASE  # torch-free
 
 TRAINING = {
     # data

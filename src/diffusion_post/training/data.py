@@ -26,10 +26,9 @@ from torch import Tensor
 
 from ..data.emoji_set import FONT, FONT_SIZE, FontMissing, fit_square, render
 from ..images import atomic_path
+from . import DATA_VERSION as VERSION, EMOJIBASE
 
-VERSION = 1  # bump when the data changes; recorded with the weights made from it
 SIZE = 128
-EMOJIBASE = "emojibase-data@17.0.0"
 CAPTION_VARIANTS = 2  # the label; the label with keywords
 SKIN_TONES = {chr(c) for c in range(0x1F3FB, 0x1F400)}
 NO_FLIP_GROUPS = {8, 9}  # emojibase groups 'symbols' and 'flags': letters, arrows and flags are not mirror-symmetric
