@@ -127,3 +127,26 @@ def test_gray_color_split():
 def test_unknown_factorization_names_the_known_ones():
     with pytest.raises(ValueError, match="use one of low_high, triple_band, gray_color"):
         filters.factorization("motion")
+
+
+def test_anagram_animation_turns_the_image_into_its_view_on_a_white_background(tmp_path):
+    """The GIF of layout.animation: it starts at the image, reaches its upside-down view, and the turned frames'
+    background is white even for an image with no light colour (one shared palette for every frame)."""
+    import numpy as np
+    from PIL import Image, ImageSequence
+
+    from diffusion_post import layout
+    from diffusion_post.images import save_result
+
+    image = torch.full((1, 3, 32, 32), -0.8)
+    image[:, 0, :16] = 0.5  # top half red-ish, bottom half dark: upside down differs
+    image[:, 2, 16:] = 0.4
+    save_result({"samples": image}, tmp_path / "anagram.safetensors", {"technique": "visual_anagram"})
+    layout.animation(tmp_path / "anagram.safetensors", tmp_path / "anagram.gif", ["identity", "flip"], frames=4, hold=2)
+
+    frames = [np.asarray(f.convert("RGB"), dtype=float) for f in ImageSequence.Iterator(Image.open(tmp_path / "anagram.gif"))]
+    upright = (image[0].permute(1, 2, 0).numpy() / 2 + 0.5) * 255
+    rms = lambda a, b: float(np.sqrt(((a - b) ** 2).mean()))
+    assert rms(frames[0], upright) < 2
+    assert min(rms(f, upright[::-1]) for f in frames) < 2 and rms(upright[::-1], upright) > 50
+    assert max(f[0].min() for f in frames) >= 250  # a turned frame's top row is background, white

@@ -71,6 +71,11 @@ def animation(result: Path | str, output: Path | str, views: list[str], frames: 
     for view in [v for v in views if v != "identity"]:
         turn = [_view_frame(image, view, k / frames) for k in range(1, frames + 1)]
         sequence += turn + [turn[-1]] * hold + turn[::-1] + [image] * hold
+    # One palette for every frame: the image's 255 median-cut colours and white (turned frames' background);
+    # undithered. ~20x faster than Pillow's palette per frame, and no dither pattern flickering between frames.
+    palette = image.quantize(colors=255, method=Image.Quantize.MEDIANCUT)
+    palette.putpalette(palette.getpalette() + [255, 255, 255])
+    sequence = [frame.quantize(palette=palette, dither=Image.Dither.NONE) for frame in sequence]
     with atomic_path(output) as tmp:
         sequence[0].save(tmp, format="GIF", save_all=True, append_images=sequence[1:], duration=50, loop=0)
 
