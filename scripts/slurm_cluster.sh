@@ -7,7 +7,8 @@
 # executor plugin's job step removes SLURM_CONF (it keeps only a few job-id SLURM_* variables) before its `srun`,
 # which then finds no config. An /etc/slurm/slurm.conf this script did not write is never touched. State and
 # logs live under $SLURM_HOME. The node offers all CPUs and, where `nvidia-smi -L` lists GPUs, those GPUs as gres
-# (so `--gpus=1` works there); on a CPU-only machine no gres is declared.
+# (so `--gpus=1` works there); on a CPU-only machine no gres is declared, unless SLURM_FAKE_GPU=1 (the tests: one
+# "GPU" backed by /dev/null, which SLURM schedules and hands to a job as CUDA_VISIBLE_DEVICES=0).
 set -euo pipefail
 
 SLURM_HOME=${SLURM_HOME:-/tmp/diffusion-post-slurm}
@@ -37,6 +38,9 @@ write_config() {
     if [ "${gpus:-0}" -gt 0 ]; then
         gres="Gres=gpu:$gpus"
         { echo "$MARK"; for i in $(seq 0 $((gpus - 1))); do echo "NodeName=$NODE Name=gpu File=/dev/nvidia$i"; done; } > /etc/slurm/gres.conf
+    elif [ "${SLURM_FAKE_GPU:-0}" = 1 ]; then  # the tests' stand-in: one gres "GPU" backed by /dev/null
+        gres="Gres=gpu:1"
+        { echo "$MARK"; echo "NodeName=$NODE Name=gpu File=/dev/null"; } > /etc/slurm/gres.conf
     fi
     cat > "$CONF" <<CONF
 $MARK
@@ -94,15 +98,28 @@ start() {
         sleep 1
     done
     echo "slurm: the node did not come up in 60 s; logs in $SLURM_HOME/log" >&2
-    tail -5 "$SLURM_HOME"/log/*.log >&2 || true
+    tail -n 5 "$SLURM_HOME"/log/*.log >&2 || true
     exit 1
 }
 
 stop() {
+    local pids=() pid
     for pid_file in "$SLURM_HOME/slurmd.pid" "$SLURM_HOME/slurmctld.pid" /run/munge/diffusion-post-munged.pid; do
-        if [ -s "$pid_file" ]; then kill "$(cat "$pid_file")" 2>/dev/null || true; fi
+        if [ -s "$pid_file" ]; then
+            pid=$(cat "$pid_file")
+            if kill "$pid" 2>/dev/null; then pids+=("$pid"); fi
+        fi
         rm -f "$pid_file"
     done
+    # Wait until they have exited (SIGKILL after 20 s): a start right after must find their ports free.
+    local alive
+    for _ in $(seq 200); do
+        alive=0
+        for pid in "${pids[@]}"; do if kill -0 "$pid" 2>/dev/null; then alive=1; fi; done
+        if [ "$alive" = 0 ]; then break; fi
+        sleep 0.1
+    done
+    for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
     for file in "$CONF" /etc/slurm/gres.conf; do
         if [ -e "$file" ] && grep -qxF "$MARK" "$file"; then rm -f "$file"; fi
     done

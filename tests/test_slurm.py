@@ -30,7 +30,7 @@ TARGETS = [f"figures/{name}.png" for name in FIGURES]
 RESULTS = [f"results/{name}.safetensors" for name in FIGURES]
 
 
-def _start_cluster() -> str | None:
+def _start_cluster(env: dict | None = None) -> str | None:
     """Start the test cluster; None when it is up, else why it cannot be."""
     if os.geteuid() != 0:
         return "needs root: scripts/slurm_cluster.sh starts munged, slurmctld and slurmd"
@@ -38,7 +38,7 @@ def _start_cluster() -> str | None:
         install = subprocess.run(["bash", str(SCRIPT), "install"], capture_output=True, text=True)
         if install.returncode != 0:
             return f"slurm-wlm/munge could not be installed: {install.stderr.strip()[-300:]}"
-    start = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True)
+    start = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True, env={**os.environ, **(env or {})})
     if start.returncode != 0:
         return f"the SLURM test cluster did not start: {(start.stderr or start.stdout).strip()[-500:]}"
     return None
@@ -136,3 +136,19 @@ def test_cancelled_job_leaves_no_partial_file_and_reruns(cluster, local, tmp_pat
     snakemake(root, *CLUSTER, target)  # reruns the cancelled job
     assert digest(root / result) == digest(local / result)
     assert digest(root / target) == digest(local / target)
+
+
+def test_a_gpu_backend_asks_the_cluster_for_a_gpu(cluster, tmp_path_factory):
+    """resources: gpu=1 reaches sbatch as --gpus=1 for a backend that runs on a GPU (tiny, no device set), and the
+    job gets the node's GPU. The node is restarted with one stand-in GPU (SLURM_FAKE_GPU=1: a gres on /dev/null);
+    the tests above ran on it without one, where the ideal backend's --gpus=0 was accepted."""
+    subprocess.run(["bash", str(SCRIPT), "stop"], check=True, capture_output=True)
+    assert _start_cluster({"SLURM_FAKE_GPU": "1"}) is None
+    root = project(tmp_path_factory, "gpu")
+    config = yaml.safe_load((root / "config.yaml").read_text())
+    config["backend"] = {"name": "tiny", "cache_dir": str(ROOT / ".cache")}
+    (root / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    snakemake(root, *CLUSTER, "results/forward.safetensors")
+    (log,) = (root / ".snakemake" / "slurm_logs").rglob("*.log")
+    job = subprocess.run(["scontrol", "show", "job", log.stem.rsplit("-", 1)[1]], capture_output=True, text=True, check=True).stdout
+    assert "gres:gpu:1" in job, job  # TresPerJob: the GPU asked for and given
