@@ -3,7 +3,8 @@ scripts/slurm_cluster.sh on localhost), submitted as the README says: `snakemake
 
 One figure per section (plus a stage II with its source, and two unconnected figures of one section) is built on
 the cluster and locally; the outputs must be byte-identical, each section must be one submitted job that loads the
-models once, and a job cancelled with `scancel` while it samples must leave no partial file and rerun."""
+models once, and a job cancelled with `scancel` while it samples must leave no partial file and rerun. Last, a
+GPU backend's job must ask for a GPU and be scheduled on a node that has one (a stand-in)."""
 
 import hashlib
 import json
