@@ -110,7 +110,8 @@ def test_one_prompt_edit_reruns_exactly_its_figures(build, tmp_path):
         "results/anagram_citadel_castle_stage_2.safetensors", "figures/anagram_citadel_castle_stage_2.png",
         "figures/anagram_citadel_castle_stage_2.gif", post, "site/_site/index.html",
         *frames["anagram_citadel_castle"], *frames["anagram_citadel_castle_stage_2"],
-    }
+        *(f"site/assets/{f}" for f in post_config.figure_files(config) + [f for fs in frames.values() for f in fs]),
+    }  # the site job's outputs: the built site and every published copy
 
 
 def test_local_denoiser_settings_rerun_only_its_figures(build, tmp_path):
@@ -124,6 +125,16 @@ def test_local_denoiser_settings_rerun_only_its_figures(build, tmp_path):
     specs = {name: post_config.resolve(config, name) for name in post_config.figure_table(config)}
     assert rerun == {name for name, spec in specs.items() if spec["denoiser"] == "local"}
     assert "one_step" not in rerun and "cfg_samples" in rerun
+
+
+def test_a_deleted_published_figure_is_published_again(build, tmp_path):
+    again = tmp_path / "again"
+    shutil.copytree(build, again, symlinks=True)
+    (again / "site/assets/figures/forward.png").unlink()
+    assert scheduled_outputs(again) >= {"site/_site/index.html", "site/assets/figures/forward.png"}
+    snakemake(again, "--cores", "1")
+    assert digest(again / "site/assets/figures/forward.png") == digest(build / "figures/forward.png")
+    assert digest(again / "site/_site/assets/figures/forward.png") == digest(build / "figures/forward.png")
 
 
 def test_rebuilt_figures_are_byte_identical(build, tmp_path):

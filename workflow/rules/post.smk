@@ -47,7 +47,9 @@ rule site:
         sources=SITE_SOURCES,
         code=code("site.py"),
     output:
-        "site/_site/index.html",
+        html="site/_site/index.html",
+        # the published copies too, so that deleting one republishes it
+        published=[str(Path("site/assets") / f) for f in figure_files() + frame_files()],
     run:
         from diffusion_post import site
 
