@@ -48,3 +48,12 @@ def read_rgb(path: Path | str) -> Image.Image:
     except UNREADABLE as error:
         reason = str(error).splitlines()[0] if str(error).strip() else type(error).__name__
         raise ImageFileError(f"cannot read image {str(path)!r} ({reason}): give a PNG, JPEG or WebP file") from None
+
+
+def center_square(image: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:
+    """The course's `process`: the short side resized to `size`, then the centre `size` x `size` crop."""
+    scale = size / min(image.size)
+    w, h = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+    image = image.resize((w, h), resample)
+    left, top = (w - size) // 2, (h - size) // 2
+    return image.crop((left, top, left + size, top + size))

@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from .image_files import read_rgb
+from .image_files import center_square, read_rgb
 
 METADATA_KEY = "parameters"
 
@@ -49,13 +49,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
 def load_image(path: Path | str, size: int) -> Tensor:
     """The course's `process`: RGB (image_files.read_rgb: any bit depth, transparency on white), resize the short
     side to `size`, center crop; (1, 3, size, size) in [-1, 1]."""
-    image = read_rgb(path)
-    scale = size / min(image.size)
-    w, h = max(size, round(image.width * scale)), max(size, round(image.height * scale))
-    image = image.resize((w, h), Image.Resampling.BICUBIC)
-    left, top = (w - size) // 2, (h - size) // 2
-    image = image.crop((left, top, left + size, top + size))
-    return to_tensor(image)
+    return to_tensor(center_square(read_rgb(path), size, Image.Resampling.BICUBIC))
 
 
 def to_tensor(image: Image.Image) -> Tensor:

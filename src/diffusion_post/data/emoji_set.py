@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..image_files import on_background, read_rgb
+from ..image_files import center_square, on_background, read_rgb
 
 FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")  # Debian/Ubuntu package fonts-noto-color-emoji
 FONT_SIZE = 109  # the only size of the font's bitmap strikes; a glyph is 136 x 128 px
@@ -79,13 +79,8 @@ def load_emoji_set(cache_dir: Path | str = ".cache", font_path: Path | str = FON
 
 
 def fit_square(image: Image.Image, size: int = SIZE) -> np.ndarray:
-    """The course's `process`: RGB, short side resized to `size`, centre crop. (size, size, 3) uint8."""
-    image = on_background(image)
-    scale = size / min(image.size)
-    w, h = max(size, round(image.width * scale)), max(size, round(image.height * scale))
-    image = image.resize((w, h), Image.Resampling.LANCZOS)
-    left, top = (w - size) // 2, (h - size) // 2
-    return np.asarray(image.crop((left, top, left + size, top + size)))
+    """A set image: RGB, the course's centre square (Lanczos, for photos many times `size`). (size, size, 3) uint8."""
+    return np.asarray(center_square(on_background(image), size, Image.Resampling.LANCZOS))
 
 
 def load_folder(folder: Path | str, size: int = SIZE) -> tuple[np.ndarray, list[str]]:
