@@ -43,6 +43,7 @@ BAD = {
     "unknown source": (lambda c: figure(c, "blur").update(source="forwards"), "not a figure"),
     "unknown input key": (lambda c: figure(c, "forward").update(image="campanile"), "not a key of inputs"),
     "even kernel": (lambda c: figure(c, "blur").update(kernel_size=4), "odd"),
+    "even top window": (lambda c: c["backend"]["local"].update(top_window=4), "top_window 4: give an odd"),
     "duplicate name": (lambda c: c["figures"]["sampling"].update(blur={"technique": "sample", "prompt": "x"}), "appears in sections"),
 }
 

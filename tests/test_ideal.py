@@ -335,6 +335,28 @@ def test_local_stage_two_upsamples_a_set_image_to_its_256px_version(cascade, loc
     assert (x - set_images(cascade, 256)[index("blue stripes")].float()).abs().mean() < 0.02
 
 
+def test_local_top_steps_use_their_window_and_prior_in_stage_1_only(cascade):
+    """At t >= top stage I is the local denoiser with window top_window and the prompt prior times top_prior (the
+    same posterior as temperature / top_prior); below top, and in stage II, the linear schedule with the full prior."""
+    top = dict(window=(3, 23), temperature=0.05, candidates=len(SHAPES))
+    with_top, with_top_2 = local_on(cascade, **top, top=930, top_window=5, top_prior=0.5)
+    as_top, _ = local_on(cascade, window=(5, 5), temperature=0.1, candidates=len(SHAPES))
+    linear, linear_2 = local_on(cascade, **top)
+    Y = set_images(cascade, 64).float()
+    g = torch.Generator().manual_seed(2)
+    embeds = cascade.embed(["red square", ""])
+    for t in [990, 960, 930, 900, 500]:
+        a = with_top.alphas_cumprod[t]
+        x_t = a.sqrt() * Y[[index("blue circle")] * 2] + (1 - a).sqrt() * torch.randn((2, 3, 64, 64), generator=g)
+        expected = as_top if t >= 930 else linear
+        torch.testing.assert_close(with_top(x_t, t, embeds), expected(x_t, t, embeds), rtol=1e-4, atol=1e-4)
+        other = linear if t >= 930 else as_top
+        assert (with_top(x_t, t, embeds) - other(x_t, t, embeds)).abs().max() > 1e-2  # the two differ there
+    assert with_top.options.stage_1_at(929) == (with_top.options.window_at(929), 1.0)
+    x_in = torch.randn((1, 6, 256, 256), generator=g)
+    torch.testing.assert_close(with_top_2(x_in, 960, embeds[:1], noise_level=250), linear_2(x_in, 960, embeds[:1], noise_level=250))
+
+
 def test_local_options_are_checked():
     from diffusion_post.backends.local import LocalOptions
 
@@ -342,6 +364,8 @@ def test_local_options_are_checked():
         LocalOptions(window=(4, 23))
     with pytest.raises(ValueError, match="multiple of 4"):
         LocalOptions(shift=6)
+    with pytest.raises(ValueError, match="top_window"):
+        LocalOptions(top=930, top_window=4)
     assert [LocalOptions(window=(3, 23)).window_at(t) for t in (0, 500, 999)] == [3, 13, 23]
 
 

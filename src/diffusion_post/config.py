@@ -300,6 +300,9 @@ def check(config: Any, root: Path = Path(".")) -> None:
     window = config["backend"].get("local", {}).get("window")
     if window and not (window[0] % 2 == 1 and window[1] % 2 == 1 and window[0] <= window[1]):
         raise ConfigError(f"config: backend/local/window {window}: give [small, large], both odd, small <= large")
+    top_window = config["backend"].get("local", {}).get("top_window")
+    if top_window is not None and top_window % 2 == 0:
+        raise ConfigError(f"config: backend/local/top_window {top_window}: give an odd window side, e.g. 3")
     if config["backend"]["name"] == "deepfloyd" and not config["backend"].get("stage_1"):
         raise ConfigError("config: backend/stage_1: the deepfloyd backend needs a stage-I model id or folder")
     if config["backend"]["name"] == "deepfloyd":

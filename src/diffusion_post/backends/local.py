@@ -16,6 +16,14 @@ the exact MMSE denoiser of ideal.py. w_n are the prompt weights of ideal.ImageSe
 lambda(P) = min(1, P^2 / (H W)) with `area_prior` (the prompt sets the layout while windows are large and fades
 as they shrink), else 1. The window shrinks linearly from window[1] at t = 999 to window[0] at t = 0.
 
+The top steps (stage I, t >= `top`): window `top_window` and lambda = `top_prior`. At t = 960 (SNR 0.004) a
+15-px window sums 3 x 225 noisy values, enough to see the mean colour of what x_t was noised from (P^2 3 SNR
+~ 2.5), so SDEdit from there makes a collage that keeps the input's colours; a 3-px window sees ~0.1 of that,
+so those steps return about the prompt prior's per-pixel mean and the prompt, not the input, sets the layout.
+lambda < 1 there keeps classifier-free guidance, which amplifies that mean, from making every sample one set
+image (bench/bench_quality.py; BENCHMARKS.md). Stage II is left on the linear schedule (its x_t at those steps
+is pure noise and its z observation decides).
+
 Speed: for each block of 8 x 8 pixels only the `candidates` images (or shifted copies) of largest logit are kept,
 ranked by the window distance of 4 x 4 area-pooled images (16 |pool(x - c y)|^2 <= |x - c y|^2 over whole
 cells, a lower bound); the exact window distances are then computed on those candidates' patches only.
@@ -42,6 +50,9 @@ class LocalOptions:
     area_prior: bool = False  # fade the prompt prior with the window's area, lambda = min(1, P^2 / (H W))
     candidates: int = 8  # images kept per block of `block` x `block` pixels
     block: int = 8
+    top: int = 1000  # stage I's top steps, t >= top (1000 = none), use ...
+    top_window: int = 3  # ... this window side ...
+    top_prior: float = 1.0  # ... and lambda = top_prior
 
     def __post_init__(self):
         small, large = self.window
@@ -51,11 +62,18 @@ class LocalOptions:
             raise ValueError(f"local shift {self.shift}: give 0 or a positive multiple of {POOL}")
         if STAGE_1_SIZE % self.block or self.block % POOL or self.candidates < 1:
             raise ValueError(f"local block {self.block} must divide {STAGE_1_SIZE} and be a multiple of {POOL}; candidates >= 1")
+        if not (self.top_window % 2 == 1 and self.top_window >= 1 and self.top_prior >= 0 and 0 <= self.top <= 1000):
+            raise ValueError(f"local top {self.top}, top_window {self.top_window}, top_prior {self.top_prior}: give "
+                             "0 <= top <= 1000, an odd top_window and top_prior >= 0")
 
     def window_at(self, t: int) -> int:
         """P(t), odd: window[0] at t = 0, window[1] at t = 999."""
         small, large = self.window
         return 2 * round((small + (large - small) * t / 999 - 1) / 2) + 1
+
+    def stage_1_at(self, t: int) -> tuple[int, float]:
+        """Stage I's window side and prior scale at t: the top steps' own, else P(t) and 1."""
+        return (self.top_window, self.top_prior) if t >= self.top else (self.window_at(t), 1.0)
 
     def offsets(self) -> list[tuple[int, int]]:
         steps = (-self.shift, 0, self.shift) if self.shift else (0,)
@@ -133,11 +151,11 @@ class _Local(_Ideal):
         rows, cols = (torch.arange(H) - dy).clamp(0, H - 1), (torch.arange(W) - dx).clamp(0, W - 1)
         return y[..., rows, :][..., cols]
 
-    def prior(self, embeds: Tensor, P: int) -> Tensor:
-        """lambda(P) log w_n, (B, N)."""
+    def prior(self, embeds: Tensor, P: int, scale: float = 1.0) -> Tensor:
+        """lambda(P) log w_n, (B, N); scale multiplies lambda (the top steps' top_prior)."""
         log_w = self.set.log_weights(embeds, self.options.temperature)
         lam = min(1.0, P * P / STAGE_1_SIZE**2) if self.options.area_prior else 1.0
-        return lam * log_w
+        return scale * lam * log_w
 
     def candidates(self, observations: list[tuple[Tensor, Tensor, float, float]], prior: Tensor, P: int) -> Tensor:
         """Per block, the `candidates` rows of the ranking set of largest pooled logit: (B, blocks, k) indices.
@@ -234,8 +252,8 @@ class LocalDenoiser(_Local):
         self._check(x_t, 3)
         abar_t = self.alphas_cumprod[t].item()
         x = x_t.detach().cpu().double()
-        P = self.options.window_at(t)
-        weights, n, s = self.local_weights([(x, self.y, math.sqrt(abar_t), 1 - abar_t)], self.prior(embeds, P), P)
+        P, scale = self.options.stage_1_at(t)
+        weights, n, s = self.local_weights([(x, self.y, math.sqrt(abar_t), 1 - abar_t)], self.prior(embeds, P, scale), P)
         y_hat, post_var = self.mean_and_variance(weights, self.block_patches(self.cast(self.y), n, s, 1), 1)
         return self.output(x, y_hat, post_var, t, like=x_t)
 
