@@ -8,6 +8,11 @@ Prints, measured side by side in one run on a fresh copy of the project:
 with wall and CPU seconds (user + system: on a shared machine the steadier of the two), and the overhead ratio
 build / sampling. With --baseline REV, the same for the project at git revision REV (its own code: `git archive`),
 measured in the same run, one project after the other.
+
+Wall times on a 2-core virtual machine vary by up to a third from one run to the next even when it is idle, so with
+--rounds N every measurement is repeated N times (each round a fresh copy of each project, the projects alternating)
+and the table shows the best (smallest) of each, as `timeit` does; the overhead ratio is best build over best
+sampling, and each round's own ratio is printed below it.
 """
 
 import argparse
@@ -99,16 +104,22 @@ def main() -> None:
     parser.add_argument("--baseline", metavar="REV", help="also measure the project at this git revision, in the same run")
     parser.add_argument("--no-sampling", action="store_true", help="skip the separate sampling run (build and rebuild only)")
     parser.add_argument("--keep", type=Path, help="copy this tree's built figures/ and site/_posts/ here, to look at them")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat every measurement this many times; show the best")
     args = parser.parse_args()
-    columns = {}
+    rounds = {}  # project -> one dict of numbers per round
     with tempfile.TemporaryDirectory() as tmp:
+        projects = {"this tree": ROOT}
         if args.baseline:
             old = Path(tmp) / "baseline"
             old.mkdir()
             archive = subprocess.run(["git", "archive", args.baseline], cwd=ROOT, check=True, capture_output=True).stdout
             subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
-            columns[args.baseline] = measure(old, Path(args.cache_dir), not args.no_sampling)
-        columns["this tree"] = measure(ROOT, Path(args.cache_dir), not args.no_sampling, args.keep)
+            projects = {args.baseline: old, **projects}
+        for _ in range(args.rounds):
+            for name, root in projects.items():
+                keep = args.keep if root == ROOT else None
+                rounds.setdefault(name, []).append(measure(root, Path(args.cache_dir), not args.no_sampling, keep))
+    columns = {name: {key: min(r[key] for r in runs) for key in runs[0]} for name, runs in rounds.items()}
     rows = [("snakemake -n (fresh copy)", "dry"), ("model load (once, in the sampling process)", "load"),
             ("sampling: every figure, one process", "sampling"), ("full build: snakemake --cores 1", "build"),
             ("  CPU seconds of the full build", "build_cpu"), ("rebuild after one prompt edit", "rebuild"),
@@ -117,7 +128,9 @@ def main() -> None:
     for label, key in rows:
         print(f"{label:<44}" + "".join(f"{c[key]:14.1f}" for c in columns.values()))
     for name, c in columns.items():
-        print(f"{name}: overhead build / (load + sampling) = {c['build'] / (c['load'] + c['sampling']):.2f}  (target <= 1.25)")
+        each = ", ".join(f"{r['build'] / (r['load'] + r['sampling']):.2f}" for r in rounds[name])
+        print(f"{name}: overhead build / (load + sampling) = {c['build'] / (c['load'] + c['sampling']):.2f}  (target <= 1.25)"
+              + (f"; each round: {each}" if len(rounds[name]) > 1 else ""))
 
 
 if __name__ == "__main__":
