@@ -1,6 +1,8 @@
 """What the workflow's sampling rules call."""
 
 import hashlib
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -10,10 +12,14 @@ from .spec import timesteps
 from .backends import load_backend
 from .images import atomic_path, load_image, load_result, save_result
 
+SAMPLED_MESSAGE = "diffusion-post: sampled"
+
 
 def make_result(name: str, spec: dict, backend: dict, inputs: dict[str, str], source: str | None, output: str,
                 progress: bool = False) -> None:
-    """Sample one figure: resolved parameters in, a results/<name>.safetensors out (written atomically)."""
+    """Sample one figure: resolved parameters in, a results/<name>.safetensors out (written atomically); logs
+    SAMPLED_MESSAGE with the seconds it took (a model load included, where this call made one)."""
+    start = time.perf_counter()
     cascade = load_backend(backend)
     size = cascade.stage_1.sample_size
     ctx = figures.Context(
@@ -26,6 +32,7 @@ def make_result(name: str, spec: dict, backend: dict, inputs: dict[str, str], so
                   "input_files": {key: file_record(path) for key, path in inputs.items()}, "diffusion_post": __version__,
                   "torch_threads": torch.get_num_threads()}  # CPU kernels' results depend on it (bench_reproducibility)
     save_result(tensors, output, parameters)
+    print(f"{SAMPLED_MESSAGE} {name} in {time.perf_counter() - start:.2f} s", file=sys.stderr, flush=True)
 
 
 def file_record(path: str) -> dict:
