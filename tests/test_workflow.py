@@ -137,14 +137,15 @@ def test_a_deleted_published_figure_is_published_again(build, tmp_path):
     assert digest(again / "site/_site/assets/figures/forward.png") == digest(build / "figures/forward.png")
 
 
-def test_rebuilt_figures_are_byte_identical(build, tmp_path):
+@pytest.mark.parametrize("cores", ["1", "2"])  # with 2, two sampling jobs run at once in threads of one process
+def test_rebuilt_figures_are_byte_identical(build, tmp_path, cores):
     again = tmp_path / "again"
     shutil.copytree(build, again, symlinks=True)
     targets = ["figures/cfg_samples.png", "figures/sdedit_test_image.png", "figures/forward.png", "figures/inpaint_test_image.png"]
     for target in targets:
         (again / target).unlink()
         (again / "results" / (Path(target).stem + ".safetensors")).unlink()
-    snakemake(again, "--cores", "1", "figures")
+    snakemake(again, "--cores", cores, "figures")
     for target in targets:
         assert digest(again / target) == digest(build / target), target
 
