@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--baseline", metavar="REV", help="also measure the project at this git revision, in the same run")
     parser.add_argument("--no-sampling", action="store_true", help="skip the separate sampling run (build and rebuild only)")
     parser.add_argument("--keep", type=Path, help="copy this tree's built figures/ and site/_posts/ here, to look at them")
-    parser.add_argument("--rounds", type=int, default=1, help="repeat every measurement this many times; show the best")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat every measurement this many times: the table shows the best of each, the ratios their median")
     args = parser.parse_args()
     rounds = {}  # project -> one dict of numbers per round
     with tempfile.TemporaryDirectory() as tmp:
