@@ -14,13 +14,15 @@ Measures (RMS distances in [-1, 1] pixel units, 64 px):
 
   python bench/bench_quality.py                      # the shipped config
   python bench/bench_quality.py --user-photo         # the test image replaced by a photo the project does not ship
-  python bench/bench_quality.py --figures samples sdedit_test_image   # some figures only
+  python bench/bench_quality.py --photo my_photo.jpg --figures sdedit_test_image   # any photo, some figures only
+  python bench/bench_quality.py --seeds 100 101 102  # each seed, then how many seeds each figure passed
 """
 
 import argparse
 import itertools
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -88,7 +90,9 @@ def measure(name: str, spec: dict, result: dict, source: dict | None, judge: Jud
     technique = spec["technique"]
     if technique == "one_step":
         original = source["original"][0]
-        return [f"PSNR at t={t}: {psnr(x, original):.1f} dB" for t, x in zip(source["timesteps"].tolist(), images)]
+        lines = [f"PSNR at t={t}: {psnr(x, original):.1f} dB" for t, x in zip(source["timesteps"].tolist(), images)]
+        return [line + (" PASS" if psnr(x, original) >= 25 else " FAIL") if t == 250 else line
+                for line, t, x in zip(lines, source["timesteps"].tolist(), images)]
     if technique == "sdedit":
         x0, edits = images[-1], images[:-1]
         d = [rms(e, x0) for e in edits]
@@ -132,56 +136,83 @@ def measure(name: str, spec: dict, result: dict, source: dict | None, judge: Jud
     return []
 
 
+def measure_figures(cfg: dict, wanted: list[str] | None, out: Path | None) -> dict[str, bool]:
+    """Build the wanted figures (and the figures they start from) of `cfg` in a temporary folder, print one
+    measure per figure, and return which of them met their targets (figures with targets only)."""
+    verdicts = {}
+    home = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        try:
+            for key, value in cfg["inputs"].items():
+                if value.startswith(post_config.BUILTIN):
+                    write_builtin_input(value[len(post_config.BUILTIN):], post_config.input_path(cfg, key, "inputs_tmp"))
+            table = post_config.figure_table(cfg)
+            specs = {name: post_config.resolve(cfg, name) for name in table}
+            wanted = wanted or [n for n, s in specs.items() if s["technique"] in MEASURED]
+            todo = [name for name in specs if name in wanted or any(specs[w].get("source") == name for w in wanted)]
+            judge = Judge(cfg)
+            print(f"{'figure':<28}{'denoiser':<9}{'s':>6}  measure")
+            for name in todo:
+                spec = specs[name]
+                inputs = {"image": post_config.input_path(cfg, spec["image"], "inputs_tmp")} if "image" in spec else {}
+                source = f"raw/{spec['source']}.safetensors" if "source" in spec else None
+                start = time.perf_counter()
+                make_result(name, spec, post_config.figure_backend(cfg, spec, "inputs_tmp"), inputs, source, f"raw/{name}.safetensors")
+                seconds = time.perf_counter() - start
+                if name not in wanted:
+                    continue
+                result = load_result(f"raw/{name}.safetensors")[0]
+                if out:
+                    from diffusion_post import layout
+
+                    layout.figure(f"raw/{name}.safetensors", out / f"{name}.png")
+                lines = measure(name, spec, result, load_result(source)[0] if source else None, judge) or ["(not measured)"]
+                print(f"{name:<28}{spec.get('denoiser', '-'):<9}{seconds:6.1f}  {lines[0]}")
+                for line in lines[1:]:
+                    print(f"{'':<43}{line}")
+                sys.stdout.flush()
+                verdict = [line.endswith("PASS") for line in lines if line.endswith(("PASS", "FAIL"))]
+                if verdict:
+                    verdicts[name] = verdict[0]
+        finally:
+            os.chdir(home)
+    return verdicts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(ROOT / "config.yaml"))
     parser.add_argument("--figures", nargs="*", help="figure names (default: every measured figure)")
-    parser.add_argument("--user-photo", action="store_true", help="replace the test image by a photo the project does not ship")
-    parser.add_argument("--out", help="also lay out each measured figure as OUT/<figure>.png")
+    photo = parser.add_mutually_exclusive_group()
+    photo.add_argument("--user-photo", action="store_true", help="replace the test image by a photo the project does not ship")
+    photo.add_argument("--photo", help="replace the test image by this image file (its name in words is its caption)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="measure with each of these seeds (default: the config's) "
+                        "and print how many seeds each figure passed")
+    parser.add_argument("--out", help="also lay out each measured figure as OUT/<figure>.png (the last seed's)")
     parser.add_argument("--local", type=json.loads, default={}, help="override backend/local settings, as JSON")
     args = parser.parse_args()
     cfg = post_config.load(args.config)
     cfg["backend"]["local"] = {**cfg["backend"].get("local", {}), **args.local}
     cfg["backend"]["cache_dir"] = str((Path(args.config).resolve().parent / cfg["backend"].get("cache_dir", ".cache")))
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    out = Path(args.out).resolve() if args.out else None
+    with tempfile.TemporaryDirectory() as keep:
         if args.user_photo:
-            cfg["inputs"]["test_image"] = str(user_photo(tmp / "flower.jpg"))
-        out = Path(args.out).resolve() if args.out else None
-        import os
-
-        os.chdir(tmp)
-        for key, value in cfg["inputs"].items():
-            if value.startswith(post_config.BUILTIN):
-                write_builtin_input(value[len(post_config.BUILTIN):], post_config.input_path(cfg, key, "inputs_tmp"))
-        table = post_config.figure_table(cfg)
-        specs = {name: post_config.resolve(cfg, name) for name in table}
-        wanted = args.figures or [n for n, s in specs.items() if s["technique"] in MEASURED]
-        todo = []  # the wanted figures and the figures they start from, in config order
-        for name in specs:
-            if name in wanted or any(specs[w].get("source") == name for w in wanted):
-                todo.append(name)
-        judge = Judge(cfg)
-        print(f"{'figure':<28}{'denoiser':<9}{'s':>6}  measure")
-        for name in todo:
-            spec = specs[name]
-            inputs = {"image": post_config.input_path(cfg, spec["image"], "inputs_tmp")} if "image" in spec else {}
-            source = f"raw/{spec['source']}.safetensors" if "source" in spec else None
-            start = time.perf_counter()
-            make_result(name, spec, post_config.figure_backend(cfg, spec, "inputs_tmp"), inputs, source, f"raw/{name}.safetensors")
-            seconds = time.perf_counter() - start
-            if name not in wanted:
-                continue
-            result = load_result(f"raw/{name}.safetensors")[0]
-            if args.out:
-                from diffusion_post import layout
-
-                layout.figure(f"raw/{name}.safetensors", out / f"{name}.png")
-            lines = measure(name, spec, result, load_result(source)[0] if source else None, judge) or ["(not measured)"]
-            print(f"{name:<28}{spec.get('denoiser', '-'):<9}{seconds:6.1f}  {lines[0]}")
-            for line in lines[1:]:
-                print(f"{'':<43}{line}")
-            sys.stdout.flush()
+            cfg["inputs"]["test_image"] = str(user_photo(Path(keep) / "flower.jpg"))
+        elif args.photo:
+            cfg["inputs"]["test_image"] = str(Path(args.photo).resolve())
+        seeds = args.seeds or [cfg["seed"]]
+        passed: dict[str, list[bool]] = {}
+        for seed in seeds:
+            if len(seeds) > 1:
+                print(f"\nseed {seed}")
+            for name, ok in measure_figures({**cfg, "seed": seed}, args.figures, out).items():
+                passed.setdefault(name, []).append(ok)
+    if len(seeds) > 1:
+        print(f"\nfigures that met their targets, of {len(seeds)} seeds ({' '.join(map(str, seeds))})")
+        for name, oks in passed.items():
+            print(f"{name:<28}{sum(oks)}/{len(oks)}")
+        print(f"{'all':<28}{sum(map(sum, passed.values()))}/{sum(map(len, passed.values()))}")
 
 
 if __name__ == "__main__":
