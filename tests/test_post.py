@@ -216,6 +216,16 @@ def test_deepfloyd_backend_names_its_models():
     assert "ideal" not in body
 
 
+def test_inpainting_says_what_the_ideal_backends_denoiser_leaves_at_the_mask():
+    config = load_config()
+    _, local = split(render(context(config)))
+    config["backend"]["denoiser"]["editing"] = "exact"
+    _, exact = split(render(context(config)))
+    edge, original = "meets the kept region at a visible edge", "holds either the original again"
+    assert edge in local and original not in local
+    assert original in exact and edge not in exact
+
+
 def test_metrics_table(ctx, text):
     metrics = ctx["metrics"]
     rows = [line for line in text.splitlines() if line.startswith("|")]
