@@ -4,17 +4,17 @@
 # weights, eager and torch.compile). About 8 minutes of commands, plus the machine's start (15 minutes in all).
 #
 # 1. Prepare, here, in the checkout the device tool sends (the lead's):
-#      bash scripts/device_train.sh --prepare    # snakemake data (results/train/data-v1.*, ~2 min CPU) + wheels in .whl/
+#      bash scripts/device_train.sh --prepare    # snakemake data (results/train/data-v2.*, ~2 min CPU) + wheels in .whl/
 # 2. Run it with the device tool (diffusers is not on that machine: it travels as a wheel):
 #      run(command="bash scripts/device_train.sh",
-#          carry=["results/train/data-v1.npz", "results/train/data-v1.json", ".whl"], timeout_s=570)
+#          carry=["results/train/data-v2.npz", "results/train/data-v2.json", ".whl"], timeout_s=570)
 # 3. Here, rebuild and check the weights folder from the returned files, look at it, commit it:
 #      python -m diffusion_post.training.ship <files_at> weights/trained
 # Dry run on the CPU (the tests): DEVICE_TRAIN_DRY=1 OUT=<folder> DATA=<small .npz> bash scripts/device_train.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-DATA=${DATA:-results/train/data-v1.npz}
+DATA=${DATA:-results/train/data-v2.npz}
 BUDGET_1=${BUDGET_1:-140}  # seconds of stage-I training (stops early, at the step reached; SHIPPED.json records it)
 BUDGET_2=${BUDGET_2:-80}
 BENCH_EAGER_S=${BENCH_EAGER_S:-90}

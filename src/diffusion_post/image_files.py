@@ -51,9 +51,9 @@ def read_rgb(path: Path | str) -> Image.Image:
 
 
 def center_square(image: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:
-    """The course's `process`: the short side resized to `size`, then the centre `size` x `size` crop."""
-    scale = size / min(image.size)
-    w, h = max(size, round(image.width * scale)), max(size, round(image.height * scale))
-    image = image.resize((w, h), resample)
-    left, top = (w - size) // 2, (h - size) // 2
-    return image.crop((left, top, left + size, top + size))
+    """The course's `process` (the short side resized to `size`, then the centre `size` x `size` crop), as one
+    resize of the centre square (a fractional box), so that every `size` shows exactly the same region: rounding
+    the crop at each size would shift the 64-px input against the set's 128-px copy of it by up to half a pixel."""
+    short = min(image.size)
+    left, top = (image.width - short) / 2, (image.height - short) / 2
+    return image.resize((size, size), resample, box=(left, top, left + short, top + short))

@@ -31,7 +31,7 @@ SOURCES = [
     ("matplotlib", "mpl-data/sample_data", "grace_hopper.jpg", "photo of a woman in uniform", "public domain (U.S. Navy)"),
 ]
 SCALES = (1.0, 0.5, 0.25)  # crop side as a fraction of the photo's short side
-VERSION = 2  # bump when crops or captions change
+VERSION = 3  # bump when crops or captions change
 
 
 def crops(image: Image.Image, scales=SCALES, size: int = SIZE) -> list[tuple[np.ndarray, str]]:

@@ -1,6 +1,6 @@
 """Training the trained backend's stages: a resumable loop with a progress bar, EMA weights and a loss curve.
 
-    python -m diffusion_post.training.train --data results/train/data-v1.npz --work results/train \
+    python -m diffusion_post.training.train --data results/train/data-v2.npz --work results/train \
         --weights weights/trained [--preset device|micro] [--steps-1 N] [--batch-1 B] [--budget-1 SECONDS] \
         [--device cuda] [--compile] [--parts $OUT]        (`snakemake train` runs this; so does scripts/device_train.sh)
 
