@@ -352,9 +352,34 @@ def test_local_top_steps_use_their_window_and_prior_in_stage_1_only(cascade):
         torch.testing.assert_close(with_top(x_t, t, embeds), expected(x_t, t, embeds), rtol=1e-4, atol=1e-4)
         other = linear if t >= 930 else as_top
         assert (with_top(x_t, t, embeds) - other(x_t, t, embeds)).abs().max() > 1e-2  # the two differ there
-    assert with_top.options.stage_1_at(929) == (with_top.options.window_at(929), 1.0)
+    assert with_top.options.at(929) == (with_top.options.window_at(929), 1.0)
     x_in = torch.randn((1, 6, 256, 256), generator=g)
     torch.testing.assert_close(with_top_2(x_in, 960, embeds[:1], noise_level=250), linear_2(x_in, 960, embeds[:1], noise_level=250))
+
+
+def test_local_prior_fades_with_the_window_below_the_top_steps_in_both_stages(cascade):
+    """prior_fade a scales the prompt prior by lambda = (P / window[1])^a: the posterior of temperature T / lambda at
+    that window (the prior's normalizer cancels). Not at the top steps, which keep top_prior."""
+    base = dict(temperature=0.05, candidates=len(SHAPES))
+    faded, faded_2 = local_on(cascade, window=(3, 23), prior_fade=1.0, top=930, top_window=5, top_prior=0.5, **base)
+    full, _ = local_on(cascade, window=(3, 23), top=930, top_window=5, top_prior=0.5, **base)
+    t, P = 500, 13
+    assert faded.options.window_at(t) == P
+    same, same_2 = local_on(cascade, window=(P, P), temperature=0.05 * 23 / P, candidates=len(SHAPES))
+    Y = set_images(cascade, 64).float()
+    g = torch.Generator().manual_seed(3)
+    embeds = cascade.embed(["red square", ""])
+    a = faded.alphas_cumprod[t]
+    x_t = (1 - a).sqrt() * torch.randn((2, 3, 64, 64), generator=g)  # noise alone: the prior decides
+    torch.testing.assert_close(faded(x_t, t, embeds), same(x_t, t, embeds), rtol=1e-4, atol=1e-4)
+    assert (faded(x_t, t, embeds) - full(x_t, t, embeds)).abs().max() > 1e-2  # the fade changed something
+    x_in = torch.randn((1, 6, 256, 256), generator=g)
+    torch.testing.assert_close(faded_2(x_in, t, embeds[:1], noise_level=250), same_2(x_in, t, embeds[:1], noise_level=250),
+                               rtol=1e-3, atol=1e-3)  # float32 window distances
+    a = faded.alphas_cumprod[960]
+    x_t = a.sqrt() * Y[[index("blue circle")] * 2] + (1 - a).sqrt() * torch.randn((2, 3, 64, 64), generator=g)
+    torch.testing.assert_close(faded(x_t, 960, embeds), full(x_t, 960, embeds))  # the top steps keep top_prior
+    assert faded.options.at(999, stage=2) == (23, 1.0)
 
 
 def test_local_options_are_checked():
@@ -366,6 +391,8 @@ def test_local_options_are_checked():
         LocalOptions(shift=6)
     with pytest.raises(ValueError, match="top_window"):
         LocalOptions(top=930, top_window=4)
+    with pytest.raises(ValueError, match="prior_fade"):
+        LocalOptions(prior_fade=-1)
     assert [LocalOptions(window=(3, 23)).window_at(t) for t in (0, 500, 999)] == [3, 13, 23]
 
 

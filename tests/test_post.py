@@ -226,6 +226,15 @@ def test_inpainting_says_what_the_ideal_backends_denoiser_leaves_at_the_mask():
     assert original in exact and edge not in exact
 
 
+def test_intro_says_what_the_local_denoisers_options_do():
+    local = {"window": [3, 15], "top": 930, "top_window": 3, "top_prior": 0.7, "prior_fade": 1.0}
+    _, body = split(render(context(load_config(), models={**IDEAL, "local": local})))
+    assert "where a window of 3 pixels leaves the layout to the prompt" in body
+    assert "the caption's weight fading as the window shrinks" in body
+    _, body = split(render(context(load_config(), models={**IDEAL, "local": {**local, "top": 1000, "prior_fade": 0}})))
+    assert "leaves the layout to the prompt" not in body and "weight fading" not in body
+
+
 def test_metrics_table(ctx, text):
     metrics = ctx["metrics"]
     rows = [line for line in text.splitlines() if line.startswith("|")]

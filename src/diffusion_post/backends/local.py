@@ -13,8 +13,11 @@ Each pixel copies from the set images whose neighbourhood agrees with its own, s
 set patches (collages at large t, details from the nearest patches at small t) instead of whole set images. With
 a window covering the whole image (P >= 2 H - 1, no shifts, lambda = 1) every pixel sees every pixel and this is
 the exact MMSE denoiser of ideal.py. w_n are the prompt weights of ideal.ImageSet (at the local temperature);
-lambda(P) = min(1, P^2 / (H W)) with `area_prior` (the prompt sets the layout while windows are large and fades
-as they shrink), else 1. The window shrinks linearly from window[1] at t = 999 to window[0] at t = 0.
+lambda(P) = (P / window[1])^prior_fade: 1 at the largest window, where the prompt sets the layout, fading as the
+window shrinks with `prior_fade` > 0, so that at low noise the image, not the caption, decides which patches a pixel
+copies (with the full prior, the prompt 'a high quality photo' keeps a user's photo covered in the cat crops its
+caption favours down to t = 390; bench/bench_quality.py, BENCHMARKS.md). The window shrinks linearly from window[1]
+at t = 999 to window[0] at t = 0.
 
 The top steps (stage I, t >= `top`): window `top_window` and lambda = `top_prior`. At t = 960 (SNR 0.004) a
 15-px window sums 3 x 225 noisy values, enough to see the mean colour of what x_t was noised from (P^2 3 SNR
@@ -47,7 +50,7 @@ class LocalOptions:
     window: tuple[int, int] = (3, 15)  # window side P (odd, 64-px pixels) at t = 0 and at t = 999, linear in between
     temperature: float = 0.05  # of the prompt weights w_n (the exact denoiser's sharper 0.01 picks one caption)
     shift: int = 0  # shifted copies of every image, offsets {-shift, 0, shift}^2 pixels (a multiple of 4); 0 = none
-    area_prior: bool = False  # fade the prompt prior with the window's area, lambda = min(1, P^2 / (H W))
+    prior_fade: float = 0.0  # below the top steps the prompt prior is scaled by lambda = (P / window[1])^prior_fade
     candidates: int = 8  # images kept per block of `block` x `block` pixels
     block: int = 8
     top: int = 1000  # stage I's top steps, t >= top (1000 = none), use ...
@@ -62,6 +65,8 @@ class LocalOptions:
             raise ValueError(f"local shift {self.shift}: give 0 or a positive multiple of {POOL}")
         if STAGE_1_SIZE % self.block or self.block % POOL or self.candidates < 1:
             raise ValueError(f"local block {self.block} must divide {STAGE_1_SIZE} and be a multiple of {POOL}; candidates >= 1")
+        if self.prior_fade < 0:
+            raise ValueError(f"local prior_fade {self.prior_fade}: give 0 (the full prior at every window) or more")
         if not (self.top_window % 2 == 1 and self.top_window >= 1 and self.top_prior >= 0 and 0 <= self.top <= 1000):
             raise ValueError(f"local top {self.top}, top_window {self.top_window}, top_prior {self.top_prior}: give "
                              "0 <= top <= 1000, an odd top_window and top_prior >= 0")
@@ -71,9 +76,16 @@ class LocalOptions:
         small, large = self.window
         return 2 * round((small + (large - small) * t / 999 - 1) / 2) + 1
 
-    def stage_1_at(self, t: int) -> tuple[int, float]:
-        """Stage I's window side and prior scale at t: the top steps' own, else P(t) and 1."""
-        return (self.top_window, self.top_prior) if t >= self.top else (self.window_at(t), 1.0)
+    def prior_scale(self, P: int) -> float:
+        """lambda(P) = (P / window[1])^prior_fade, the prompt prior's scale at window side P."""
+        return (P / self.window[1]) ** self.prior_fade
+
+    def at(self, t: int, stage: int = 1) -> tuple[int, float]:
+        """The window side and the prior scale at t: stage I's top steps' own, else P(t) and lambda(P(t))."""
+        if stage == 1 and t >= self.top:
+            return self.top_window, self.top_prior
+        P = self.window_at(t)
+        return P, self.prior_scale(P)
 
     def offsets(self) -> list[tuple[int, int]]:
         steps = (-self.shift, 0, self.shift) if self.shift else (0,)
@@ -151,11 +163,9 @@ class _Local(_Ideal):
         rows, cols = (torch.arange(H) - dy).clamp(0, H - 1), (torch.arange(W) - dx).clamp(0, W - 1)
         return y[..., rows, :][..., cols]
 
-    def prior(self, embeds: Tensor, P: int, scale: float = 1.0) -> Tensor:
-        """lambda(P) log w_n, (B, N); scale multiplies lambda (the top steps' top_prior)."""
-        log_w = self.set.log_weights(embeds, self.options.temperature)
-        lam = min(1.0, P * P / STAGE_1_SIZE**2) if self.options.area_prior else 1.0
-        return scale * lam * log_w
+    def prior(self, embeds: Tensor, scale: float) -> Tensor:
+        """scale log w_n, (B, N): the prompt prior at the local temperature, scaled (LocalOptions.at)."""
+        return scale * self.set.log_weights(embeds, self.options.temperature)
 
     def candidates(self, observations: list[tuple[Tensor, Tensor, float, float]], prior: Tensor, P: int) -> Tensor:
         """Per block, the `candidates` rows of the ranking set of largest pooled logit: (B, blocks, k) indices.
@@ -252,8 +262,8 @@ class LocalDenoiser(_Local):
         self._check(x_t, 3)
         abar_t = self.alphas_cumprod[t].item()
         x = x_t.detach().cpu().double()
-        P, scale = self.options.stage_1_at(t)
-        weights, n, s = self.local_weights([(x, self.y, math.sqrt(abar_t), 1 - abar_t)], self.prior(embeds, P, scale), P)
+        P, scale = self.options.at(t)
+        weights, n, s = self.local_weights([(x, self.y, math.sqrt(abar_t), 1 - abar_t)], self.prior(embeds, scale), P)
         y_hat, post_var = self.mean_and_variance(weights, self.block_patches(self.cast(self.y), n, s, 1), 1)
         return self.output(x, y_hat, post_var, t, like=x_t)
 
@@ -279,11 +289,11 @@ class LocalUpsampler(_Local):
     def __call__(self, x_in: Tensor, t: int, embeds: Tensor, noise_level: int | None = None) -> Tensor:
         """(B, 6, 256, 256) = cat(x_t, z) -> (B, 6, 256, 256)."""
         x_t, z, abar_t, abar_s = self._stage_two_inputs(x_in, t, noise_level)
-        P = self.options.window_at(t)
+        P, scale = self.options.at(t, stage=2)
         # a pooled distance sums 16 pixels' worth of squared mean difference: var / 16 per pooled pixel
         observations = [(F.avg_pool2d(x_t, 4), self.y, math.sqrt(abar_t), (1 - abar_t) / 16),
                         (F.avg_pool2d(z, 4), self.y_z, math.sqrt(abar_s), (1 - abar_s) / 16)]
-        weights, n, s = self.local_weights(observations, self.prior(embeds, P), P)
+        weights, n, s = self.local_weights(observations, self.prior(embeds, scale), P)
         patches = unit(self.block_patches(self.images_128, n, s, STORED_SIZE // STAGE_1_SIZE)).to(self.dtype)
         mean_128, var_128 = self.mean_and_variance(weights, patches, STORED_SIZE // STAGE_1_SIZE)
         up = lambda a: resize(self.set.up_2, a.double())
