@@ -414,6 +414,8 @@ def test_input_images_given_by_path_join_the_set(tmp_path):
                          encoder_name="bag-of-words-test", denoiser="local")
     S = cascade.stage_1.set
     assert S.captions == ["old tower 2"] and cascade.description["denoiser"] == "local"
+    cfg["backend"]["input_captions"] = {"mine": "photo of an old tower"}  # the user's own caption instead
+    assert post_config.figure_backend(cfg, post_config.resolve(cfg, "b"))["input_images"] == [[str(photo), "photo of an old tower"]]
 
 
 @pytest.mark.parametrize("size", [(741, 500), (599, 786), (451, 300), (640, 427)])

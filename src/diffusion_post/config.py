@@ -192,10 +192,12 @@ def figure_backend(config: dict, spec: dict, results: str = "results") -> dict:
 
 
 def input_images(config: dict, results: str = "results") -> list[list[str]]:
-    """[path, caption] of every input image config.yaml names: they join the ideal backend's set."""
+    """[path, caption] of every input image config.yaml names: they join the ideal backend's set, captioned by
+    backend/input_captions where it names them."""
     from .data.inputs import input_caption
 
-    return [[input_path(config, key, results), input_caption(value)] for key, value in config["inputs"].items()]
+    captions = config["backend"].get("input_captions", {})
+    return [[input_path(config, key, results), captions.get(key) or input_caption(value)] for key, value in config["inputs"].items()]
 
 
 def input_path(config: dict, key: str, results: str = "results") -> str:
@@ -297,6 +299,9 @@ def check(config: Any, root: Path = Path(".")) -> None:
     check_text(config)
     for key, value in config["inputs"].items():
         check_input(key, value, root)
+    for key in config["backend"].get("input_captions", {}):
+        if key not in config["inputs"]:
+            raise ConfigError(f"config: backend/input_captions/{key}: not a key of inputs: use one of {', '.join(config['inputs'])}")
     window = config["backend"].get("local", {}).get("window")
     if window and not (window[0] % 2 == 1 and window[1] % 2 == 1 and window[0] <= window[1]):
         raise ConfigError(f"config: backend/local/window {window}: give [small, large], both odd, small <= large")
