@@ -118,6 +118,8 @@ CONFIG_CASES = {
     "mask-wrong-length": (set_figure("inpaint", mask=[1, 2, 3]), {}, "at figures/editing/inpaint/mask"),
     "deepfloyd-local-folder-missing": (lambda c: c["backend"].update(name="deepfloyd", stage_1="./models/IF-I-L", stage_2=None),
                                        {}, "local model folder './models/IF-I-L' not found"),
+    "caption-of-no-input": (lambda c: c["backend"].update(input_captions={"own_imag_1": "photo of a bicycle"}), {},
+                            "backend/input_captions/own_imag_1: not a key of inputs"),
 }
 
 # case id -> (YAML text transformation, expected text)
