@@ -19,10 +19,10 @@ Measures (RMS distances in [-1, 1] pixel units, 64 px):
 """
 
 import argparse
+import contextlib
 import itertools
 import json
 import math
-import os
 import sys
 import tempfile
 import time
@@ -142,43 +142,38 @@ def measure_figures(cfg: dict, wanted: list[str] | None, out: Path | None) -> di
     """Build the wanted figures (and the figures they start from) of `cfg` in a temporary folder, print one
     measure per figure, and return which of them met their targets (figures with targets only)."""
     verdicts = {}
-    home = os.getcwd()
-    with tempfile.TemporaryDirectory() as tmp:
-        os.chdir(tmp)
-        try:
-            for key, value in cfg["inputs"].items():
-                if value.startswith(post_config.BUILTIN):
-                    write_builtin_input(value[len(post_config.BUILTIN):], post_config.input_path(cfg, key, "inputs_tmp"))
-            table = post_config.figure_table(cfg)
-            specs = {name: post_config.resolve(cfg, name) for name in table}
-            wanted = wanted or [n for n, s in specs.items() if s["technique"] in MEASURED]
-            todo = [name for name in specs if name in wanted or any(specs[w].get("source") == name for w in wanted)]
-            judge = Judge(cfg)
-            print(f"{'figure':<28}{'denoiser':<9}{'s':>6}  measure")
-            for name in todo:
-                spec = specs[name]
-                inputs = {"image": post_config.input_path(cfg, spec["image"], "inputs_tmp")} if "image" in spec else {}
-                source = f"raw/{spec['source']}.safetensors" if "source" in spec else None
-                start = time.perf_counter()
-                make_result(name, spec, post_config.figure_backend(cfg, spec, "inputs_tmp"), inputs, source, f"raw/{name}.safetensors")
-                seconds = time.perf_counter() - start
-                if name not in wanted:
-                    continue
-                result = load_result(f"raw/{name}.safetensors")[0]
-                if out:
-                    from diffusion_post import layout
+    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
+        for key, value in cfg["inputs"].items():
+            if value.startswith(post_config.BUILTIN):
+                write_builtin_input(value[len(post_config.BUILTIN):], post_config.input_path(cfg, key, "inputs_tmp"))
+        table = post_config.figure_table(cfg)
+        specs = {name: post_config.resolve(cfg, name) for name in table}
+        wanted = wanted or [n for n, s in specs.items() if s["technique"] in MEASURED]
+        todo = [name for name in specs if name in wanted or any(specs[w].get("source") == name for w in wanted)]
+        judge = Judge(cfg)
+        print(f"{'figure':<28}{'denoiser':<9}{'s':>6}  measure")
+        for name in todo:
+            spec = specs[name]
+            inputs = {"image": post_config.input_path(cfg, spec["image"], "inputs_tmp")} if "image" in spec else {}
+            source = f"raw/{spec['source']}.safetensors" if "source" in spec else None
+            start = time.perf_counter()
+            make_result(name, spec, post_config.figure_backend(cfg, spec, "inputs_tmp"), inputs, source, f"raw/{name}.safetensors")
+            seconds = time.perf_counter() - start
+            if name not in wanted:
+                continue
+            result = load_result(f"raw/{name}.safetensors")[0]
+            if out:
+                from diffusion_post import layout
 
-                    layout.figure(f"raw/{name}.safetensors", out / f"{name}.png")
-                lines = measure(name, spec, result, load_result(source)[0] if source else None, judge) or ["(not measured)"]
-                print(f"{name:<28}{spec.get('denoiser', '-'):<9}{seconds:6.1f}  {lines[0]}")
-                for line in lines[1:]:
-                    print(f"{'':<43}{line}")
-                sys.stdout.flush()
-                verdict = [line.endswith("PASS") for line in lines if line.endswith(("PASS", "FAIL"))]
-                if verdict:
-                    verdicts[name] = verdict[0]
-        finally:
-            os.chdir(home)
+                layout.figure(f"raw/{name}.safetensors", out / f"{name}.png")
+            lines = measure(name, spec, result, load_result(source)[0] if source else None, judge) or ["(not measured)"]
+            print(f"{name:<28}{spec.get('denoiser', '-'):<9}{seconds:6.1f}  {lines[0]}")
+            for line in lines[1:]:
+                print(f"{'':<43}{line}")
+            sys.stdout.flush()
+            verdict = [line.endswith("PASS") for line in lines if line.endswith(("PASS", "FAIL"))]
+            if verdict:
+                verdicts[name] = verdict[0]
     return verdicts
 
 
