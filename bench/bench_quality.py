@@ -8,6 +8,7 @@ Measures (RMS distances in [-1, 1] pixel units, 64 px):
                       (target >= 0.05: no sample is a set image)
   inpainting          hole vs original (target >= 0.3), outside vs original (0), seam score = mean |gradient|
                       across the hole's border / mean |gradient| of the image (target <= 2)
+  block-grid score    of each local output: mean |gradient| across the 8-px block edges / elsewhere (1: no grid)
   one-step            PSNR of each estimate against the input (target at t = 250: >= 25 dB)
   anagram / hybrid    rank of each view's prompt caption in the exact posterior of that view (the view of an
                       anagram; the low-pass / high-pass part of a hybrid, compared with the set filtered alike)
@@ -48,6 +49,16 @@ def rms(a, b) -> float:
 
 def psnr(a, b) -> float:
     return 10 * math.log10(4 / (a - b).square().mean().item())  # data range 2
+
+
+def grid_score(x, block: int = 8) -> float:
+    """Mean |gradient| across the local denoiser's block edges (every `block` px) / the mean |gradient| across the
+    other pixel pairs, of x (3, H, W): about 1 for an image without a block grid."""
+    gy, gx = (x[:, 1:] - x[:, :-1]).abs().mean(0), (x[:, :, 1:] - x[:, :, :-1]).abs().mean(0)
+    edge = torch.arange(1, x.shape[-1]) % block == 0  # pair (k - 1, k) straddles an edge
+    across = torch.cat([gy[edge].flatten(), gx[:, edge].flatten()]).mean()
+    within = torch.cat([gy[~edge].flatten(), gx[:, ~edge].flatten()]).mean()
+    return (across / within).item()
 
 
 def user_photo(path: Path) -> Path:
@@ -101,7 +112,8 @@ def measure(name: str, spec: dict, result: dict, source: dict | None, judge: Jud
         falls = sum(b < a for a, b in zip(d, d[1:]))
         ok = d[0] >= 0.8 and d[-1] <= 0.15 and falls >= len(d) - 2
         lines = ["distance to input per i_start " + " ".join(f"{v:.3f}" for v in d)
-                 + f"  (falls {falls}/{len(d) - 1}) {'PASS' if ok else 'FAIL'}"]
+                 + f"  (falls {falls}/{len(d) - 1}) {'PASS' if ok else 'FAIL'}",
+                 "block-grid score per i_start " + " ".join(f"{grid_score(e):.2f}" for e in edits)]
         if name.startswith("text_edit"):
             r, top = judge.rank(edits[0], spec["prompt"])
             lines.append(f"prompt caption rank at i_start {spec['i_starts'][0]}: {r} ({'top 5' if r <= 5 else 'not top 5'}; posterior's top: {top})")
@@ -111,7 +123,7 @@ def measure(name: str, spec: dict, result: dict, source: dict | None, judge: Jud
         near = [judge.nearest(x) for x in images]
         ok = (sum(pairs) / len(pairs) >= 0.3) and min(near) >= 0.05
         return [f"mean pairwise {sum(pairs) / len(pairs):.3f}, nearest set image " + " ".join(f"{v:.3f}" for v in near)
-                + f" {'PASS' if ok else 'FAIL'}"]
+                + f" {'PASS' if ok else 'FAIL'}", "block-grid score " + " ".join(f"{grid_score(x):.2f}" for x in images)]
     if technique == "inpaint":
         x0, result_image, mask = images[0], images[-1], result["mask"][0, 0].bool()
         hole = (result_image - x0)[:, mask].square().mean().sqrt().item()
@@ -120,7 +132,8 @@ def measure(name: str, spec: dict, result: dict, source: dict | None, judge: Jud
         across_y, across_x = mask[1:] != mask[:-1], mask[:, 1:] != mask[:, :-1]
         seam = torch.cat([gy[across_y], gx[across_x]]).mean().item() / torch.cat([gy.flatten(), gx.flatten()]).mean().item()
         ok = hole >= 0.3 and outside < 1e-5 and seam <= 2
-        return [f"hole vs original {hole:.3f}, outside {outside:.1e}, seam score {seam:.2f} {'PASS' if ok else 'FAIL'}"]
+        return [f"hole vs original {hole:.3f}, outside {outside:.1e}, seam score {seam:.2f} {'PASS' if ok else 'FAIL'}",
+                f"block-grid score {grid_score(result_image):.2f}"]
     if technique == "anagram":
         samples = result["samples"]
         lines = []

@@ -280,10 +280,12 @@ def local_on(cascade, **options):
             LocalUpsampler(d.set, d.prompts, d.description, cascade.stage_2.lowres_alphas_cumprod, opts))
 
 
-@pytest.mark.parametrize("block", [16, 64])
-def test_local_denoiser_with_a_whole_image_window_is_the_exact_denoiser(cascade, block):
+@pytest.mark.parametrize("block, share", [(16, 0), (64, 0), (16, 2)])
+def test_local_denoiser_with_a_whole_image_window_is_the_exact_denoiser(cascade, block, share):
+    """Also with shared candidates: each block then lists every image up to 9 times, and each must count once."""
     exact = cascade.stage_1
-    local, _ = local_on(cascade, window=(127, 127), temperature=exact.set.temperature, candidates=len(SHAPES), block=block)
+    local, _ = local_on(cascade, window=(127, 127), temperature=exact.set.temperature, candidates=len(SHAPES), block=block,
+                        share=share)
     local.dtype = torch.float64
     Y = set_images(cascade, 64)
     g = torch.Generator().manual_seed(1)
@@ -310,6 +312,29 @@ def test_local_denoiser_combines_set_images_where_the_exact_one_picks_one(cascad
     local_x0 = techniques.one_step_denoise(model(local), x_t, t, local.alphas_cumprod)
     assert min((exact_x0 - y).abs().max() for y in Y) < 1e-3  # a set image
     assert (local_x0 - x0).abs().mean() < 0.02 and min((local_x0 - y).abs().mean() for y in Y) > 0.1  # the new image
+
+
+@pytest.mark.parametrize("axis", [-1, -2])
+def test_a_block_shares_its_best_candidates_so_that_a_patch_runs_on_across_its_edge(cascade, axis):
+    """Blue stripes up to column (row) 8, white (the red square's background) from 9 on: the 8-px blocks from 8 to
+    15 rank a white-background image first. With one candidate per block, column (row) 8 can only copy that white;
+    with each block's best shared with its neighbours it copies the stripes, which its 3-px window matches better
+    (2 of 3 columns (rows) against 1 of 3)."""
+    Y = set_images(cascade, 64).float()
+    stripes, square = Y[index("blue stripes")], Y[index("red square")]
+    first = (torch.arange(64) <= 8).view((-1, 1) if axis == -2 else (-1,))
+    x0 = torch.where(first, stripes, square)[None]
+    line = lambda x: x.select(axis, 8)  # (3, 64): column (row) 8
+    blue = (line(stripes) - line(square)).abs().sum(0) > 0.5  # where column (row) 8 of the two differ
+    assert blue.sum() >= 20
+    t = 20
+    x_t = techniques.forward_process(x0, t, cascade.stage_1.alphas_cumprod, generators(1))
+    errors = {}
+    for share in (0, 1):
+        local, _ = local_on(cascade, window=(3, 23), temperature=0.05, candidates=1, share=share)
+        estimate = techniques.one_step_denoise(guidance.conditional(local, cascade.embed([""])), x_t, t, local.alphas_cumprod)
+        errors[share] = (line(estimate[0]) - line(stripes))[:, blue].abs().max().item()
+    assert errors[0] > 0.5 and errors[1] < 0.05, errors
 
 
 def test_local_variance_is_beta_tilde_when_the_posterior_has_collapsed_and_grows_with_its_spread():
@@ -394,6 +419,8 @@ def test_local_options_are_checked():
         LocalOptions(top=930, top_window=4)
     with pytest.raises(ValueError, match="prior_fade"):
         LocalOptions(prior_fade=-1)
+    with pytest.raises(ValueError, match="share >= 0"):
+        LocalOptions(share=-1)
     assert [LocalOptions(window=(3, 23)).window_at(t) for t in (0, 500, 999)] == [3, 13, 23]
 
 

@@ -29,7 +29,10 @@ is pure noise and its z observation decides).
 
 Speed: for each block of 8 x 8 pixels only the `candidates` images (or shifted copies) of largest logit are kept,
 ranked by the window distance of 4 x 4 area-pooled images (16 |pool(x - c y)|^2 <= |x - c y|^2 over whole
-cells, a lower bound); the exact window distances are then computed on those candidates' patches only.
+cells, a lower bound); the exact window distances are then computed on those candidates' patches only. A pixel
+at a block's edge needs what the pixel across the edge copies: with the block's own candidates alone, each block
+becomes a square of its own images (an 8-px grid across every sample). `share` > 0 adds the `share` best
+candidates of each of the 4 neighbouring blocks, so that a patch can run on across the edge.
 """
 
 import math
@@ -52,6 +55,7 @@ class LocalOptions:
     shift: int = 0  # shifted copies of every image, offsets {-shift, 0, shift}^2 pixels (a multiple of 4); 0 = none
     prior_fade: float = 0.0  # below the top steps the prompt prior is scaled by lambda = (P / window[1])^prior_fade
     candidates: int = 8  # images kept per block of `block` x `block` pixels
+    share: int = 0  # ... plus the `share` best of each of its 4 neighbours (a patch may run on across the edge)
     block: int = 8
     top: int = 1000  # stage I's top steps, t >= top (1000 = none), use ...
     top_window: int = 3  # ... this window side ...
@@ -63,8 +67,9 @@ class LocalOptions:
             raise ValueError(f"local window {list(self.window)}: give [small, large], odd, small <= large")
         if self.shift % POOL or self.shift < 0:
             raise ValueError(f"local shift {self.shift}: give 0 or a positive multiple of {POOL}")
-        if STAGE_1_SIZE % self.block or self.block % POOL or self.candidates < 1:
-            raise ValueError(f"local block {self.block} must divide {STAGE_1_SIZE} and be a multiple of {POOL}; candidates >= 1")
+        if STAGE_1_SIZE % self.block or self.block % POOL or self.candidates < 1 or self.share < 0:
+            raise ValueError(f"local block {self.block} must divide {STAGE_1_SIZE} and be a multiple of {POOL}; "
+                             "candidates >= 1, share >= 0")
         if self.prior_fade < 0:
             raise ValueError(f"local prior_fade {self.prior_fade}: give 0 (the full prior at every window) or more")
         if not (self.top_window % 2 == 1 and self.top_window >= 1 and self.top_prior >= 0 and 0 <= self.top <= 1000):
@@ -168,7 +173,8 @@ class _Local(_Ideal):
         return scale * self.set.log_weights(embeds, self.options.temperature)
 
     def candidates(self, observations: list[tuple[Tensor, Tensor, float, float]], prior: Tensor, P: int) -> Tensor:
-        """Per block, the `candidates` rows of the ranking set of largest pooled logit: (B, blocks, k) indices.
+        """Per block, the `candidates` rows of the ranking set of largest pooled logit, then the `share` largest of
+        each neighbouring block (an index may repeat): (B, blocks, k) indices.
         The pooled logit sums, over the observations (x (B, 3, 64, 64), y_set (N, 3, 64, 64), c, var), a lower bound
         of D: 16 |pool_4(x - c y)|^2 over the 4 x 4 cells of a window of about P x P pixels centred on the block."""
         o, cells = self.options, STAGE_1_SIZE // POOL
@@ -180,8 +186,13 @@ class _Local(_Ideal):
             d = (xp[:, None] - c * yp[None]).square().sum(2).view(xp.shape[0], -1, cells, cells)  # (B, M, 16, 16)
             window = F.avg_pool2d(d, size, stride=per_block, padding=r, count_include_pad=True) * size**2
             score = score - POOL**2 * window[..., :STAGE_1_SIZE // o.block, :STAGE_1_SIZE // o.block].flatten(2) / (2 * var)
-        k = min(o.candidates, score.shape[1])
-        return score.topk(k, dim=1).indices.transpose(1, 2)  # (B, blocks, k)
+        k = min(max(o.candidates, o.share), score.shape[1])
+        best = score.topk(k, dim=1).indices.transpose(1, 2)  # (B, blocks, k), best first
+        per_row, line = STAGE_1_SIZE // o.block, torch.arange(STAGE_1_SIZE // o.block)
+        grid = best[..., :o.share].reshape(best.shape[0], per_row, per_row, o.share)
+        near = lambda d: (line + d).clamp(0, per_row - 1)  # an edge block's missing neighbour is itself
+        shared = [grid[:, near(dy)][:, :, near(dx)].flatten(1, 2) for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1))]
+        return torch.cat([best[..., :o.candidates], *shared], dim=2)  # (B, blocks, candidates + 4 share)
 
     def local_weights(self, observations: list[tuple[Tensor, Tensor, float, float]], prior: Tensor, P: int
                       ) -> tuple[Tensor, Tensor, Tensor]:
@@ -190,7 +201,8 @@ class _Local(_Ideal):
         -D(x, c y_set) / (2 var) to the logits, D summed over a P x P window of 64-px pixels."""
         o, H, b = self.options, STAGE_1_SIZE, self.options.block
         N = len(self.set)
-        cand = self.candidates(observations, prior, P)  # (B, nb, k)
+        cand = self.candidates(observations, prior, P).sort(dim=2).values  # (B, nb, k)
+        repeated = F.pad(cand[..., 1:] == cand[..., :-1], (1, 0))  # listed by two blocks: counted once
         n, s = cand % N, cand // N
         B, nb, k = cand.shape
         h, L = P // 2, b + P - 1
@@ -211,7 +223,7 @@ class _Local(_Ideal):
             y_patch = self.cast(y_set).flatten().take(y_index)
             sq = (x_patch[:, :, None] - c * y_patch).square().sum(3) * valid[None, :, None]
             logits -= box_sum(sq, P, b) / (2 * var)
-        return logits.softmax(dim=2), n, s
+        return logits.masked_fill(repeated[..., None, None], -math.inf).softmax(dim=2), n, s
 
     def block_patches(self, images: Tensor, n: Tensor, s: Tensor, scale: int) -> Tensor:
         """The pixels of each candidate under each block, at `scale` times 64 px: (B, nb, k, 3, b scale, b scale).
