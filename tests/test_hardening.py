@@ -507,7 +507,7 @@ def test_interrupted_sampling_then_plain_rebuild(project, sig):
     log = project / "interrupted.log"
     with open(log, "w") as out:
         run = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1"], cwd=project, stdout=out, stderr=out,
-                               env=ENV)
+                               env=ENV, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal,
         deadline = time.monotonic() + 600
         while "rule sample_setup" not in log.read_text() and run.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -524,6 +524,21 @@ def test_interrupted_sampling_then_plain_rebuild(project, sig):
     snakemake(project, "--cores", "1")  # plain: no --unlock, no --rerun-incomplete
     assert digests(project) == before
     log.unlink()
+
+
+def test_an_ignored_sigint_stays_ignored():
+    """`nohup snakemake ... &` starts with SIGINT ignored. Were the stop handler installed, a SIGINT would stop the
+    running job, and Snakemake, which drops a job that raised KeyboardInterrupt without waking its scheduler,
+    would then wait for ever (seen when the test suite ran in the background)."""
+    from diffusion_post import interrupt
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        interrupt.install()
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert not interrupt.STOP.is_set()
 
 
 def test_bad_config_keeps_outputs(project):
