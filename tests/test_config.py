@@ -44,6 +44,7 @@ BAD = {
     "unknown input key": (lambda c: figure(c, "forward").update(image="campanile"), "not a key of inputs"),
     "even kernel": (lambda c: figure(c, "blur").update(kernel_size=4), "odd"),
     "even top window": (lambda c: c["backend"]["local"].update(top_window=4), "top_window 4: give an odd"),
+    "share over candidates": (lambda c: c["backend"]["local"].update(share=9), "share 9: give at most candidates (8)"),
     "caption of no input": (lambda c: c["backend"].update(input_captions={"own_imag_1": "photo of a bicycle"}),
                             "input_captions/own_imag_1: not a key of inputs"),
     "duplicate name": (lambda c: c["figures"]["sampling"].update(blur={"technique": "sample", "prompt": "x"}), "appears in sections"),

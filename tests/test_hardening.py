@@ -506,8 +506,14 @@ def test_interrupted_sampling_then_plain_rebuild(project, sig):
         (project / target).unlink()
     log = project / "interrupted.log"
     with open(log, "w") as out:
-        run = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1"], cwd=project, stdout=out, stderr=out,
-                               env=ENV, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal,
+        # a handler (unlike SIG_IGN) is reset to the default in the child: SIGINT as from a terminal, even when
+        # the test suite itself runs in the background
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            run = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1"], cwd=project, stdout=out,
+                                   stderr=out, env=ENV)
+        finally:
+            signal.signal(signal.SIGINT, previous)
         deadline = time.monotonic() + 600
         while "rule sample_setup" not in log.read_text() and run.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -527,18 +533,22 @@ def test_interrupted_sampling_then_plain_rebuild(project, sig):
 
 
 def test_an_ignored_sigint_stays_ignored():
-    """`nohup snakemake ... &` starts with SIGINT ignored. Were the stop handler installed, a SIGINT would stop the
-    running job, and Snakemake, which drops a job that raised KeyboardInterrupt without waking its scheduler,
-    would then wait for ever (seen when the test suite ran in the background)."""
+    """A build that a script starts in the background (`snakemake ... &`) starts with SIGINT ignored. Were the stop
+    handler installed, a SIGINT would stop the running job, and Snakemake, which drops a job that raised
+    KeyboardInterrupt without waking its scheduler, would then wait for ever (seen when the test suite ran in the
+    background)."""
     from diffusion_post import interrupt
 
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         interrupt.install()
         assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)  # a handler would have run by now
+        assert not interrupt.STOP.is_set()
     finally:
         signal.signal(signal.SIGINT, previous)
-    assert not interrupt.STOP.is_set()
+        interrupt.STOP.clear()
 
 
 def test_bad_config_keeps_outputs(project):

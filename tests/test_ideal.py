@@ -282,7 +282,7 @@ def local_on(cascade, **options):
 
 @pytest.mark.parametrize("block, share", [(16, 0), (64, 0), (16, 2)])
 def test_local_denoiser_with_a_whole_image_window_is_the_exact_denoiser(cascade, block, share):
-    """Also with shared candidates: each block then lists every image up to 9 times, and each must count once."""
+    """Also with shared candidates: each block then lists every image up to 5 times, and each must count once."""
     exact = cascade.stage_1
     local, _ = local_on(cascade, window=(127, 127), temperature=exact.set.temperature, candidates=len(SHAPES), block=block,
                         share=share)
@@ -314,18 +314,20 @@ def test_local_denoiser_combines_set_images_where_the_exact_one_picks_one(cascad
     assert (local_x0 - x0).abs().mean() < 0.02 and min((local_x0 - y).abs().mean() for y in Y) > 0.1  # the new image
 
 
-@pytest.mark.parametrize("axis", [-1, -2])
-def test_a_block_shares_its_best_candidates_so_that_a_patch_runs_on_across_its_edge(cascade, axis):
-    """Blue stripes up to column (row) 8, white (the red square's background) from 9 on: the 8-px blocks from 8 to
-    15 rank a white-background image first. With one candidate per block, column (row) 8 can only copy that white;
-    with each block's best shared with its neighbours it copies the stripes, which its 3-px window matches better
-    (2 of 3 columns (rows) against 1 of 3)."""
+@pytest.mark.parametrize("edge", [8, 55], ids=["stripes-before", "stripes-after"])
+@pytest.mark.parametrize("axis", [-1, -2], ids=["columns", "rows"])
+def test_a_block_shares_its_best_candidates_so_that_a_patch_runs_on_across_its_edge(cascade, axis, edge):
+    """Blue stripes up to column (row) 8 and white (the red square's background) after it, or the mirror image,
+    stripes from 55 on: the 8-px block holding column 8 (55) ranks a white-background image first. With one
+    candidate per block, column 8 (55) can only copy that white; with each block's best shared with its 4
+    neighbours it copies the stripes, which its 3-px window matches better (2 of 3 columns against 1 of 3)."""
     Y = set_images(cascade, 64).float()
     stripes, square = Y[index("blue stripes")], Y[index("red square")]
-    first = (torch.arange(64) <= 8).view((-1, 1) if axis == -2 else (-1,))
-    x0 = torch.where(first, stripes, square)[None]
-    line = lambda x: x.select(axis, 8)  # (3, 64): column (row) 8
-    blue = (line(stripes) - line(square)).abs().sum(0) > 0.5  # where column (row) 8 of the two differ
+    at = torch.arange(64)
+    striped = ((at <= edge) if edge < 32 else (at >= edge)).view((-1, 1) if axis == -2 else (-1,))
+    x0 = torch.where(striped, stripes, square)[None]
+    line = lambda x: x.select(axis, edge)  # (3, 64): column (row) `edge`
+    blue = (line(stripes) - line(square)).abs().sum(0) > 0.5  # where that line of the two images differs
     assert blue.sum() >= 20
     t = 20
     x_t = techniques.forward_process(x0, t, cascade.stage_1.alphas_cumprod, generators(1))
@@ -335,6 +337,19 @@ def test_a_block_shares_its_best_candidates_so_that_a_patch_runs_on_across_its_e
         estimate = techniques.one_step_denoise(guidance.conditional(local, cascade.embed([""])), x_t, t, local.alphas_cumprod)
         errors[share] = (line(estimate[0]) - line(stripes))[:, blue].abs().max().item()
     assert errors[0] > 0.5 and errors[1] < 0.05, errors
+
+
+def test_local_stage_two_counts_a_shared_candidate_once(cascade):
+    """With every image a candidate of every block, sharing adds only repeats: stage II must not change."""
+    options = dict(window=(3, 23), temperature=0.05, candidates=len(SHAPES))
+    (_, alone), (_, shared) = local_on(cascade, **options), local_on(cascade, **options, share=2)
+    alone.dtype = shared.dtype = torch.float64
+    g = torch.Generator().manual_seed(4)
+    x_in = torch.randn((1, 6, 256, 256), generator=g, dtype=torch.float64)
+    embeds = cascade.embed(["red square"])
+    for t in (900, 100):
+        torch.testing.assert_close(shared(x_in, t, embeds, noise_level=250), alone(x_in, t, embeds, noise_level=250),
+                                   rtol=1e-9, atol=1e-9)
 
 
 def test_local_variance_is_beta_tilde_when_the_posterior_has_collapsed_and_grows_with_its_spread():
@@ -419,8 +434,10 @@ def test_local_options_are_checked():
         LocalOptions(top=930, top_window=4)
     with pytest.raises(ValueError, match="prior_fade"):
         LocalOptions(prior_fade=-1)
-    with pytest.raises(ValueError, match="share >= 0"):
+    with pytest.raises(ValueError, match="local share -1"):
         LocalOptions(share=-1)
+    with pytest.raises(ValueError, match=r"local share 3: give 0 .* to candidates \(2\)"):
+        LocalOptions(candidates=2, share=3)
     assert [LocalOptions(window=(3, 23)).window_at(t) for t in (0, 500, 999)] == [3, 13, 23]
 
 

@@ -55,7 +55,7 @@ class LocalOptions:
     shift: int = 0  # shifted copies of every image, offsets {-shift, 0, shift}^2 pixels (a multiple of 4); 0 = none
     prior_fade: float = 0.0  # below the top steps the prompt prior is scaled by lambda = (P / window[1])^prior_fade
     candidates: int = 8  # images kept per block of `block` x `block` pixels
-    share: int = 0  # ... plus the `share` best of each of its 4 neighbours (a patch may run on across the edge)
+    share: int = 0  # ... plus the `share` best of each of its 4 neighbours (<= candidates; config.yaml ships 2)
     block: int = 8
     top: int = 1000  # stage I's top steps, t >= top (1000 = none), use ...
     top_window: int = 3  # ... this window side ...
@@ -67,9 +67,10 @@ class LocalOptions:
             raise ValueError(f"local window {list(self.window)}: give [small, large], odd, small <= large")
         if self.shift % POOL or self.shift < 0:
             raise ValueError(f"local shift {self.shift}: give 0 or a positive multiple of {POOL}")
-        if STAGE_1_SIZE % self.block or self.block % POOL or self.candidates < 1 or self.share < 0:
-            raise ValueError(f"local block {self.block} must divide {STAGE_1_SIZE} and be a multiple of {POOL}; "
-                             "candidates >= 1, share >= 0")
+        if STAGE_1_SIZE % self.block or self.block % POOL or self.candidates < 1:
+            raise ValueError(f"local block {self.block} must divide {STAGE_1_SIZE} and be a multiple of {POOL}; candidates >= 1")
+        if not 0 <= self.share <= self.candidates:
+            raise ValueError(f"local share {self.share}: give 0 (each block its own candidates) to candidates ({self.candidates})")
         if self.prior_fade < 0:
             raise ValueError(f"local prior_fade {self.prior_fade}: give 0 (the full prior at every window) or more")
         if not (self.top_window % 2 == 1 and self.top_window >= 1 and self.top_prior >= 0 and 0 <= self.top <= 1000):
@@ -186,13 +187,14 @@ class _Local(_Ideal):
             d = (xp[:, None] - c * yp[None]).square().sum(2).view(xp.shape[0], -1, cells, cells)  # (B, M, 16, 16)
             window = F.avg_pool2d(d, size, stride=per_block, padding=r, count_include_pad=True) * size**2
             score = score - POOL**2 * window[..., :STAGE_1_SIZE // o.block, :STAGE_1_SIZE // o.block].flatten(2) / (2 * var)
-        k = min(max(o.candidates, o.share), score.shape[1])
+        k = min(o.candidates, score.shape[1])
         best = score.topk(k, dim=1).indices.transpose(1, 2)  # (B, blocks, k), best first
-        per_row, line = STAGE_1_SIZE // o.block, torch.arange(STAGE_1_SIZE // o.block)
-        grid = best[..., :o.share].reshape(best.shape[0], per_row, per_row, o.share)
-        near = lambda d: (line + d).clamp(0, per_row - 1)  # an edge block's missing neighbour is itself
-        shared = [grid[:, near(dy)][:, :, near(dx)].flatten(1, 2) for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1))]
-        return torch.cat([best[..., :o.candidates], *shared], dim=2)  # (B, blocks, candidates + 4 share)
+        share, per_row = min(o.share, k), STAGE_1_SIZE // o.block
+        grid = best[..., :share].reshape(best.shape[0], per_row, per_row, share)  # (B, rows, cols, share)
+        index = torch.arange(per_row)
+        neighbour = lambda d: (index + d).clamp(0, per_row - 1)  # an edge block's missing neighbour is itself
+        shared = [grid[:, neighbour(dy)][:, :, neighbour(dx)].flatten(1, 2) for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1))]
+        return torch.cat([best, *shared], dim=2)  # (B, blocks, k + 4 share)
 
     def local_weights(self, observations: list[tuple[Tensor, Tensor, float, float]], prior: Tensor, P: int
                       ) -> tuple[Tensor, Tensor, Tensor]:
