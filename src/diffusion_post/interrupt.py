@@ -17,9 +17,11 @@ class Interrupted(KeyboardInterrupt):
 
 
 def install() -> None:
-    """In the main thread: on SIGINT set STOP, then do what SIGINT did before (Snakemake's own handling). An ignored
-    SIGINT (a build a script started in the background, `snakemake ... &`) stays ignored: Snakemake's scheduler would not stop, and drops a job that raised
-    KeyboardInterrupt without waking up, so a stopped job would leave the build waiting for ever."""
+    """In the main thread: on SIGINT set STOP, then do what SIGINT did before (Snakemake's own handling).
+
+    An ignored SIGINT (a build that a script started in the background, `snakemake ... &`) stays ignored: there
+    Snakemake's scheduler would not stop, and it drops a job that raised KeyboardInterrupt without waking up, so a
+    stopped job would leave the build waiting for ever."""
     previous = signal.getsignal(signal.SIGINT)
     if threading.current_thread() is not threading.main_thread() or previous == signal.SIG_IGN:
         return

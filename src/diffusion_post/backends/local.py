@@ -70,7 +70,8 @@ class LocalOptions:
         if STAGE_1_SIZE % self.block or self.block % POOL or self.candidates < 1:
             raise ValueError(f"local block {self.block} must divide {STAGE_1_SIZE} and be a multiple of {POOL}; candidates >= 1")
         if not 0 <= self.share <= self.candidates:
-            raise ValueError(f"local share {self.share}: give 0 (each block its own candidates) to candidates ({self.candidates})")
+            raise ValueError(f"local share {self.share}: give 0 (each block its own candidates) to candidates "
+                             f"({self.candidates})")
         if self.prior_fade < 0:
             raise ValueError(f"local prior_fade {self.prior_fade}: give 0 (the full prior at every window) or more")
         if not (self.top_window % 2 == 1 and self.top_window >= 1 and self.top_prior >= 0 and 0 <= self.top <= 1000):
@@ -175,7 +176,7 @@ class _Local(_Ideal):
 
     def candidates(self, observations: list[tuple[Tensor, Tensor, float, float]], prior: Tensor, P: int) -> Tensor:
         """Per block, the `candidates` rows of the ranking set of largest pooled logit, then the `share` largest of
-        each neighbouring block (an index may repeat): (B, blocks, k) indices.
+        each of its 4 neighbours (an index may repeat): (B, blocks, candidates + 4 share) indices.
         The pooled logit sums, over the observations (x (B, 3, 64, 64), y_set (N, 3, 64, 64), c, var), a lower bound
         of D: 16 |pool_4(x - c y)|^2 over the 4 x 4 cells of a window of about P x P pixels centred on the block."""
         o, cells = self.options, STAGE_1_SIZE // POOL
