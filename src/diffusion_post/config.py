@@ -309,7 +309,7 @@ def check(config: Any, root: Path = Path(".")) -> None:
     top_window = local.get("top_window")
     if top_window is not None and top_window % 2 == 0:
         raise ConfigError(f"config: backend/local/top_window {top_window}: give an odd window side, e.g. 3")
-    candidates = local.get("candidates", 8)
+    candidates = local.get("candidates", 8)  # LocalOptions.candidates (not imported here: parsing must not load torch)
     if local.get("share", 0) > candidates:
         raise ConfigError(f"config: backend/local/share {local['share']}: give at most candidates ({candidates})")
     if config["backend"]["name"] == "deepfloyd" and not config["backend"].get("stage_1"):
