@@ -51,10 +51,15 @@ def psnr(a, b) -> float:
     return 10 * math.log10(4 / (a - b).square().mean().item())  # data range 2
 
 
+def abs_gradients(x) -> tuple:
+    """|x(k) - x(k - 1)| down and across x (3, H, W), averaged over channels: (H - 1, W) and (H, W - 1)."""
+    return (x[:, 1:] - x[:, :-1]).abs().mean(0), (x[:, :, 1:] - x[:, :, :-1]).abs().mean(0)
+
+
 def grid_score(x, block: int = 8) -> float:
     """Mean |gradient| across the local denoiser's block edges (every `block` px) / the mean |gradient| across the
     other pixel pairs, of x (3, H, W): about 1 for an image without a block grid."""
-    gy, gx = (x[:, 1:] - x[:, :-1]).abs().mean(0), (x[:, :, 1:] - x[:, :, :-1]).abs().mean(0)
+    gy, gx = abs_gradients(x)
     edge = torch.arange(1, x.shape[-1]) % block == 0  # pair (k - 1, k) straddles an edge
     across = torch.cat([gy[edge].flatten(), gx[:, edge].flatten()]).mean()
     within = torch.cat([gy[~edge].flatten(), gx[:, ~edge].flatten()]).mean()
@@ -128,7 +133,7 @@ def measure(name: str, spec: dict, result: dict, source: dict | None, judge: Jud
         x0, result_image, mask = images[0], images[-1], result["mask"][0, 0].bool()
         hole = (result_image - x0)[:, mask].square().mean().sqrt().item()
         outside = (result_image - x0)[:, ~mask].abs().max().item()
-        gy, gx = (result_image[:, 1:] - result_image[:, :-1]).abs().mean(0), (result_image[:, :, 1:] - result_image[:, :, :-1]).abs().mean(0)
+        gy, gx = abs_gradients(result_image)
         across_y, across_x = mask[1:] != mask[:-1], mask[:, 1:] != mask[:, :-1]
         seam = torch.cat([gy[across_y], gx[across_x]]).mean().item() / torch.cat([gy.flatten(), gx.flatten()]).mean().item()
         ok = hole >= 0.3 and outside < 1e-5 and seam <= 2
