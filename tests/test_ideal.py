@@ -314,6 +314,34 @@ def test_local_denoiser_combines_set_images_where_the_exact_one_picks_one(cascad
     assert (local_x0 - x0).abs().mean() < 0.02 and min((local_x0 - y).abs().mean() for y in Y) > 0.1  # the new image
 
 
+def brute_force_local_eps(x_t, t, log_w, Y, abar, P):
+    """Every pixel in float64 from its definition: window distances D_n(p) over the P x P window around p (pixels in
+    the image only), posteriors w_n(p), E[y(p)] = sum_n w_n(p) y_n(p)."""
+    a = abar[t].double()
+    sq = (x_t[:, None] - a.sqrt() * Y[None]).square().sum(2)  # (B, N, H, W)
+    D = F.conv2d(sq.flatten(0, 1)[:, None], torch.ones(1, 1, P, P, dtype=sq.dtype), padding=P // 2).view_as(sq)
+    w = (log_w[:, :, None, None] - D / (2 * (1 - a))).softmax(1)
+    y_hat = (w[:, :, None] * Y[None]).sum(1)
+    return (x_t - a.sqrt() * y_hat) / (1 - a).sqrt()
+
+
+@pytest.mark.parametrize("P", [3, 7])
+def test_local_denoiser_is_its_per_pixel_definition(cascade, P):
+    """Every image a candidate: the blocks, the candidate search and the box sums must give exactly the per-pixel
+    posterior, image edges included (a wrong window, centre or edge handling fails)."""
+    local, _ = local_on(cascade, window=(P, P), temperature=0.05, candidates=len(SHAPES), share=2)
+    local.dtype = torch.float64
+    Y = set_images(cascade, 64)
+    g = torch.Generator().manual_seed(2)
+    embeds = cascade.embed(["red square", ""])
+    x0 = torch.cat([Y[[0], ..., :32], Y[[1], ..., 32:]], dim=-1).expand(2, -1, -1, -1)  # half a square, half a circle
+    for t in [100, 500]:
+        a = local.alphas_cumprod[t].double()
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * torch.randn(x0.shape, generator=g, dtype=torch.float64)
+        expected = brute_force_local_eps(x_t, t, local.set.log_weights(embeds, 0.05), Y, local.alphas_cumprod, P)
+        torch.testing.assert_close(local(x_t, t, embeds)[:, :3], expected, rtol=1e-7, atol=1e-7)
+
+
 @pytest.mark.parametrize("edge", [8, 55], ids=["stripes-before", "stripes-after"])
 @pytest.mark.parametrize("axis", [-1, -2], ids=["columns", "rows"])
 def test_a_block_shares_its_best_candidates_so_that_a_patch_runs_on_across_its_edge(cascade, axis, edge):
