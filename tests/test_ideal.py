@@ -452,20 +452,25 @@ def test_local_prior_fades_with_the_window_below_the_top_steps_in_both_stages(ca
 
 
 def test_local_options_are_checked():
-    from diffusion_post.backends.local import LocalOptions
+    from diffusion_post.backends.local_options import LocalOptions
 
     with pytest.raises(ValueError, match="odd"):
         LocalOptions(window=(4, 23))
     with pytest.raises(ValueError, match="multiple of 4"):
         LocalOptions(shift=6)
-    with pytest.raises(ValueError, match="top_window"):
+    with pytest.raises(ValueError, match="local/top_window 4"):
         LocalOptions(top=930, top_window=4)
     with pytest.raises(ValueError, match="prior_fade"):
         LocalOptions(prior_fade=-1)
-    with pytest.raises(ValueError, match="local share -1"):
+    with pytest.raises(ValueError, match="local/share -1"):
         LocalOptions(share=-1)
-    with pytest.raises(ValueError, match=r"local share 3: give 0 .* to candidates \(2\)"):
+    with pytest.raises(ValueError, match=r"local/share 3: give 0 .* to candidates \(2\)"):
         LocalOptions(candidates=2, share=3)
+    with pytest.raises(ValueError, match="local/block 12"):
+        LocalOptions(block=12)
+    with pytest.raises(ValueError, match="local/windw: not a local setting"):
+        LocalOptions.from_config({"windw": [3, 15]})
+    assert LocalOptions.from_config({"window": [3, 23]}) == LocalOptions(window=(3, 23))
     assert [LocalOptions(window=(3, 23)).window_at(t) for t in (0, 500, 999)] == [3, 13, 23]
 
 

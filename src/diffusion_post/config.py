@@ -302,16 +302,12 @@ def check(config: Any, root: Path = Path(".")) -> None:
     for key in config["backend"].get("input_captions", {}):
         if key not in config["inputs"]:
             raise ConfigError(f"config: backend/input_captions/{key}: not a key of inputs: use one of {', '.join(config['inputs'])}")
-    local = config["backend"].get("local", {})
-    window = local.get("window")
-    if window and not (window[0] % 2 == 1 and window[1] % 2 == 1 and window[0] <= window[1]):
-        raise ConfigError(f"config: backend/local/window {window}: give [small, large], both odd, small <= large")
-    top_window = local.get("top_window")
-    if top_window is not None and top_window % 2 == 0:
-        raise ConfigError(f"config: backend/local/top_window {top_window}: give an odd window side, e.g. 3")
-    candidates = local.get("candidates", 8)  # LocalOptions.candidates (not imported here: parsing must not load torch)
-    if local.get("share", 0) > candidates:
-        raise ConfigError(f"config: backend/local/share {local['share']}: give at most candidates ({candidates})")
+    from .backends.local_options import LocalOptions  # torch-free; imported here, as it imports this module
+
+    try:
+        LocalOptions.from_config(config["backend"].get("local", {}))
+    except ValueError as error:
+        raise ConfigError(f"config: backend/{error}") from None
     if config["backend"]["name"] == "deepfloyd" and not config["backend"].get("stage_1"):
         raise ConfigError("config: backend/stage_1: the deepfloyd backend needs a stage-I model id or folder")
     if config["backend"]["name"] == "deepfloyd":

@@ -1,12 +1,16 @@
 """Backends behind the denoiser interface, chosen by the `backend` section of config.yaml."""
 
+from __future__ import annotations
+
 import json
 import os
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..denoiser import Cascade
+if TYPE_CHECKING:  # torch-free at import: the config check reads backends.local_options while the workflow parses
+    from ..denoiser import Cascade
 
 _LOADED: dict[str, Cascade] = {}
 _LOCK = threading.Lock()  # jobs running as threads of one Snakemake process share one load

@@ -362,7 +362,7 @@ def load_ideal(cache_dir: Path | str = ".cache", images: Sequence[Path | str] = 
     if denoiser == "local":
         from .local import LocalDenoiser, LocalOptions, LocalUpsampler
 
-        options = LocalOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in (local or {}).items()})
+        options = LocalOptions.from_config(local or {})
         description.update(temperature=options.temperature, local=dict(options.__dict__, window=list(options.window)))
         stage_1 = LocalDenoiser(image_set, prompts, {**description, "stage": 1}, options)
         stage_2 = LocalUpsampler(image_set, prompts, {**description, "stage": 2}, lowres_alphas_cumprod, options)

@@ -36,7 +36,6 @@ candidates of each of the 4 neighbouring blocks, so that a patch can run on acro
 """
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -44,60 +43,7 @@ from torch import Tensor
 
 from ..denoiser import join_output
 from .ideal import STAGE_1_SIZE, STAGE_2_SIZE, STORED_SIZE, ImageSet, PromptCache, _Ideal, resize, unit
-
-POOL = 4  # ranking resolution: 4 x 4 cells of the 64-px grid
-
-
-@dataclass(frozen=True)
-class LocalOptions:
-    window: tuple[int, int] = (3, 15)  # window side P (odd, 64-px pixels) at t = 0 and at t = 999, linear in between
-    temperature: float = 0.05  # of the prompt weights w_n (the exact denoiser's sharper 0.01 picks one caption)
-    shift: int = 0  # shifted copies of every image, offsets {-shift, 0, shift}^2 pixels (a multiple of 4); 0 = none
-    prior_fade: float = 0.0  # below the top steps the prompt prior is scaled by lambda = (P / window[1])^prior_fade
-    candidates: int = 8  # images kept per block of `block` x `block` pixels
-    share: int = 0  # ... plus the `share` best of each of its 4 neighbours (<= candidates; config.yaml ships 2)
-    block: int = 8
-    top: int = 1000  # stage I's top steps, t >= top (1000 = none), use ...
-    top_window: int = 3  # ... this window side ...
-    top_prior: float = 1.0  # ... and lambda = top_prior
-
-    def __post_init__(self):
-        small, large = self.window
-        if not (small % 2 == 1 and large % 2 == 1 and 1 <= small <= large):
-            raise ValueError(f"local window {list(self.window)}: give [small, large], odd, small <= large")
-        if self.shift % POOL or self.shift < 0:
-            raise ValueError(f"local shift {self.shift}: give 0 or a positive multiple of {POOL}")
-        if STAGE_1_SIZE % self.block or self.block % POOL or self.candidates < 1:
-            raise ValueError(f"local block {self.block} must divide {STAGE_1_SIZE} and be a multiple of {POOL}; candidates >= 1")
-        if not 0 <= self.share <= self.candidates:
-            raise ValueError(f"local share {self.share}: give 0 (each block its own candidates) to candidates "
-                             f"({self.candidates})")
-        if self.prior_fade < 0:
-            raise ValueError(f"local prior_fade {self.prior_fade}: give 0 (the full prior at every window) or more")
-        if not (self.top_window % 2 == 1 and self.top_window >= 1 and self.top_prior >= 0 and 0 <= self.top <= 1000):
-            raise ValueError(f"local top {self.top}, top_window {self.top_window}, top_prior {self.top_prior}: give "
-                             "0 <= top <= 1000, an odd top_window and top_prior >= 0")
-
-    def window_at(self, t: int) -> int:
-        """P(t), odd: window[0] at t = 0, window[1] at t = 999."""
-        small, large = self.window
-        return 2 * round((small + (large - small) * t / 999 - 1) / 2) + 1
-
-    def prior_scale(self, P: int) -> float:
-        """lambda(P) = (P / window[1])^prior_fade, the prompt prior's scale at window side P."""
-        return (P / self.window[1]) ** self.prior_fade
-
-    def at(self, t: int, stage: int = 1) -> tuple[int, float]:
-        """The window side and the prior scale at t: stage I's top steps' own, else P(t) and lambda(P(t))."""
-        if stage == 1 and t >= self.top:
-            return self.top_window, self.top_prior
-        P = self.window_at(t)
-        return P, self.prior_scale(P)
-
-    def offsets(self) -> list[tuple[int, int]]:
-        steps = (-self.shift, 0, self.shift) if self.shift else (0,)
-        return [(dy, dx) for dy in steps for dx in steps]
-
+from .local_options import POOL, LocalOptions
 
 def box_sum(sq: Tensor, P: int, out: int) -> Tensor:
     """Sums of P x P windows of (..., L, L), L = out + P - 1, at the out x out positions: (..., out, out)."""
