@@ -177,11 +177,6 @@ class ImageSet:
         temperature = self.temperature if temperature is None else temperature
         return torch.log_softmax(embeds.double().cpu() @ self.caption_embeds.T / temperature, dim=1)
 
-    def top_captions(self, embeds: Tensor, k: int = 3) -> list[list[tuple[str, float]]]:
-        """The k captions of largest weight w_i per prompt, with their weights."""
-        weights, idx = self.log_weights(embeds).exp().topk(k, dim=1)
-        return [[(self.captions[i], w) for i, w in zip(row_i.tolist(), row_w.tolist())] for row_i, row_w in zip(idx, weights)]
-
 
 class _Ideal:
     """What both stages share: the schedule, the prompt encoder and the image set."""
