@@ -45,6 +45,7 @@ from ..denoiser import join_output
 from .ideal import STAGE_1_SIZE, STAGE_2_SIZE, STORED_SIZE, ImageSet, PromptCache, _Ideal, resize, unit
 from .local_options import POOL, LocalOptions
 
+
 def box_sum(sq: Tensor, P: int, out: int) -> Tensor:
     """Sums of P x P windows of (..., L, L), L = out + P - 1, at the out x out positions: (..., out, out)."""
     S = F.pad(sq.cumsum(-1).cumsum(-2), (1, 0, 1, 0))
