@@ -4,6 +4,7 @@ and the techniques of the post run on it."""
 import csv
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -449,6 +450,36 @@ def test_local_prior_fades_with_the_window_below_the_top_steps_in_both_stages(ca
     x_t = (1 - faded.alphas_cumprod[930]).sqrt() * torch.randn((2, 3, 64, 64), generator=g)
     torch.testing.assert_close(faded(x_t, 930, embeds), full(x_t, 930, embeds))
     assert faded.options.at(999, stage=2) == (23, 1.0)
+
+
+def test_top_captions_add_up_a_captions_images_and_keep_the_closest():
+    """Captions a, b, b, c and a prompt closest to a: the two images of b hold more weight together (k = 1 lists b,
+    then a as the closest), and every caption's share is the sum over its images."""
+    from diffusion_post.backends.ideal import ImageSet
+
+    captions = ["a", "b", "b", "c"]
+    caption_embeds = torch.tensor([[1.0, 0, 0], [0.8, 0.6, 0], [0.8, 0.6, 0], [0, 0, 1.0]], dtype=torch.float64)
+    image_set = ImageSet(np.zeros((4, 128, 128, 3), np.uint8), captions, caption_embeds, temperature=0.5)
+    w = torch.tensor([2.0, 1.6, 1.6, 0.0], dtype=torch.float64).exp()  # exp(cos / 0.5)
+    w = w / w.sum()
+    a, b, c = w[0].item(), (w[1] + w[2]).item(), w[3].item()
+    assert b > a  # b holds more, a is closer
+    prompt = torch.tensor([[1.0, 0, 0]], dtype=torch.float64)
+    for k, expected in [(1, [("b", 2, b), ("a", 1, a)]), (3, [("b", 2, b), ("a", 1, a), ("c", 1, c)])]:
+        (rows,) = image_set.top_captions(prompt, k=k)
+        assert [(name, n) for name, n, _ in rows] == [(name, n) for name, n, _ in expected]
+        assert [share for *_, share in rows] == pytest.approx([share for *_, share in expected], rel=1e-12)
+
+
+def test_each_denoiser_reports_the_prompt_weights_of_its_own_temperature(cascade):
+    local, _ = local_on(cascade, window=(3, 23), temperature=0.3)
+    exact = cascade.stage_1
+    assert exact.temperature == exact.set.temperature != 0.3
+    for denoiser in (local, exact):
+        (row,) = denoiser.set.top_captions(cascade.embed(["red"]), denoiser.temperature)
+        assert denoiser.prompt_weights(["red"]) == {"red": [
+            {"caption": name, "images": n, "weight": round(share, 4)} for name, n, share in row]}
+    assert local.prompt_weights(["red"]) != exact.prompt_weights(["red"])
 
 
 def test_local_options_are_checked():

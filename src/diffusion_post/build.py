@@ -31,6 +31,9 @@ def make_result(name: str, spec: dict, backend: dict, inputs: dict[str, str], so
     parameters = {"figure": name, **spec, "timesteps_sampled": timesteps(spec), "models": cascade.description,
                   "input_files": {key: file_record(path) for key, path in inputs.items()}, "diffusion_post": __version__,
                   "torch_threads": torch.get_num_threads()}  # CPU kernels' results depend on it (bench_reproducibility)
+    weights_of = getattr(cascade.stage_1, "prompt_weights", None)  # the ideal backend: what each prompt picks in its set
+    if weights_of is not None and ("prompt" in spec or "prompts" in spec):
+        parameters["prompt_weights"] = weights_of(figures.prompts_of(spec))
     save_result(tensors, output, parameters)
     print(f"{SAMPLED_MESSAGE} {name} in {time.perf_counter() - start:.2f} s", file=sys.stderr, flush=True)
 

@@ -177,6 +177,20 @@ class ImageSet:
         temperature = self.temperature if temperature is None else temperature
         return torch.log_softmax(embeds.double().cpu() @ self.caption_embeds.T / temperature, dim=1)
 
+    def top_captions(self, embeds: Tensor, temperature: float | None = None, k: int = 3) -> list[list[tuple[str, int, float]]]:
+        """Per prompt, the k captions whose images hold the most weight together, and the caption closest to the
+        prompt (the largest weight per image) if it is not one of them: (caption, images, total weight), most first."""
+        names = sorted(set(self.captions))
+        position = {name: i for i, name in enumerate(names)}
+        index = torch.tensor([position[c] for c in self.captions])  # (N,) each image's caption
+        weights = self.log_weights(embeds, temperature).exp()  # (B, N)
+        totals = torch.zeros(len(weights), len(names), dtype=weights.dtype).index_add_(1, index, weights)  # (B, C)
+        counts = torch.bincount(index, minlength=len(names))
+        most = totals.topk(min(k, len(names)), dim=1).indices.tolist()
+        closest = (totals / counts).argmax(dim=1).tolist()
+        rows = [sorted(set(ids) | {c}, key=lambda i, b=b: -totals[b, i].item()) for b, (ids, c) in enumerate(zip(most, closest))]
+        return [[(names[i], int(counts[i]), totals[b, i].item()) for i in row] for b, row in enumerate(rows)]
+
 
 class _Ideal:
     """What both stages share: the schedule, the prompt encoder and the image set."""
@@ -190,6 +204,18 @@ class _Ideal:
 
     def embed(self, prompts: Sequence[str]) -> Tensor:
         return self.prompts(prompts)
+
+    @property
+    def temperature(self) -> float:
+        """Of this denoiser's prompt weights."""
+        return self.set.temperature
+
+    def prompt_weights(self, prompts: Sequence[str], k: int = 3) -> dict[str, list[dict]]:
+        """What each prompt picks in the set, at this denoiser's temperature (ImageSet.top_captions): {prompt:
+        [{caption, images, weight}, ...]}, recorded with every figure."""
+        rows = self.set.top_captions(self.embed(prompts), self.temperature, k)
+        return {prompt: [{"caption": c, "images": n, "weight": round(w, 4)} for c, n, w in row]
+                for prompt, row in zip(prompts, rows)}
 
     def _check(self, x: Tensor, channels: int) -> None:
         if x.shape[1:] != (channels, self.sample_size, self.sample_size):

@@ -117,9 +117,13 @@ class _Local(_Ideal):
         rows, cols = (torch.arange(H) - dy).clamp(0, H - 1), (torch.arange(W) - dx).clamp(0, W - 1)
         return y[..., rows, :][..., cols]
 
+    @property
+    def temperature(self) -> float:
+        return self.options.temperature
+
     def prior(self, embeds: Tensor, scale: float) -> Tensor:
         """scale log w_n, (B, N): the prompt prior at the local temperature, scaled (LocalOptions.at)."""
-        return scale * self.set.log_weights(embeds, self.options.temperature)
+        return scale * self.set.log_weights(embeds, self.temperature)
 
     def candidates(self, observations: list[tuple[Tensor, Tensor, float, float]], prior: Tensor, P: int) -> Tensor:
         """Per block, the `candidates` rows of the ranking set of largest pooled logit, then the `share` largest of
