@@ -43,7 +43,12 @@ def fake_metrics(config: dict) -> dict:
         for k, method in enumerate(methods)}}
 
 
-def context(config: dict, models: dict = IDEAL, metrics: dict | None | str = "fake") -> dict:
+CHOICES = [{"prompt": "a high quality photo", "denoiser": "local", "captions": [
+    {"caption": "photo of a cat", "images": 40, "weight": 0.306}, {"caption": "keycap: *", "images": 1, "weight": 0.042},
+    {"caption": "stars", "images": 1, "weight": 0.0002}]}]
+
+
+def context(config: dict, models: dict = IDEAL, metrics: dict | None | str = "fake", choices: list = CHOICES) -> dict:
     specs = specs_of(config)
     images = post.image_context(post_config.figure_files(config), post_config.figure_frames(config),
                                 size_of=lambda f: (64 * (1 + len(f) % 3), 64))  # no files: made-up sizes
@@ -52,6 +57,7 @@ def context(config: dict, models: dict = IDEAL, metrics: dict | None | str = "fa
         "fig": specs, **images, "frame_values": lambda spec: post_config.frame_values(spec, specs),
         "models": models, "backend_summary": post.backend_summary(models),
         "metrics": fake_metrics(config) if metrics == "fake" else metrics,
+        "prompt_choices": choices if models.get("backend") == "ideal" else [],
     }
 
 
@@ -235,6 +241,17 @@ def test_intro_says_what_the_local_denoisers_options_do():
     assert "leaves the layout to the prompt" not in body and "weight fading" not in body
 
 
+def test_what_each_prompt_picks_in_the_set_is_listed_for_the_ideal_backend(text):
+    _, body = split(text)
+    assert "## What the prompts pick in the set" in body and "listed near the end, in *What the prompts pick" in body
+    assert ("- <span class=\"no-math\">“a high quality photo”</span>, local denoiser: photo of a cat (40 images, 30.6%); "
+            "keycap: \\* (1 image, 4.2%); stars (1 image, under 0.1%)\n") in body  # a caption's markdown escaped
+    _, body = split(render(context(load_config(), choices=[])))
+    assert "What the prompts pick" not in body  # no section, and the intro does not point to one
+    _, body = split(render(context(load_config(), models=DEEPFLOYD)))
+    assert "What the prompts pick" not in body
+
+
 def test_metrics_table(ctx, text):
     metrics = ctx["metrics"]
     rows = [line for line in text.splitlines() if line.startswith("|")]
@@ -281,11 +298,12 @@ def test_render_end_to_end(tmp_path):
     specs = specs_of(config)
     files = []
     frames = {name: [str(tmp_path / f) for f in fs] for name, fs in post_config.figure_frames(config).items()}
+    weights = {"a high quality photo": [{"caption": "camera", "images": 1, "weight": 0.99}]}
     for file in post_config.figure_files(config) + [f for fs in frames.values() for f in fs]:
         path = tmp_path / file
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix == ".png":
-            save_png(Image.new("RGB", (4, 4)), path, {"figure": path.stem, "models": IDEAL})
+            save_png(Image.new("RGB", (4, 4)), path, {"figure": path.stem, "models": IDEAL, "prompt_weights": weights})
         else:
             Image.new("RGB", (4, 4)).save(path)
         files.append(str(path))
@@ -297,6 +315,10 @@ def test_render_end_to_end(tmp_path):
     assert 'width="4" height="4"' in text and "forward/frame-3.png" in text
     assert split(text)[0]["layout"] == "post"
     assert "not made by DeepFloyd IF" in text
+    # every figure carries the same prompt_weights: one line per denoiser that the figures name, in their order
+    lines = [line for line in text.splitlines() if line.startswith("- <span class=\"no-math\">“a high quality photo”")]
+    assert lines == [f"- <span class=\"no-math\">“a high quality photo”</span>, {d} denoiser: camera (1 image, 99.0%)"
+                     for d in ("local", "exact")]
 
 
 def test_rarer_options_render():

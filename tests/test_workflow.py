@@ -153,3 +153,25 @@ def test_rebuilt_figures_are_byte_identical(build, tmp_path, cores):
 def test_post_names_the_backend_that_made_it(build):
     text = post_path(build).read_text()
     assert "not made by DeepFloyd IF" in text
+
+
+def test_post_lists_what_each_prompt_picks_in_the_set_from_its_figures(build):
+    """Every prompt of the built post, once per denoiser that used it, with the captions its figures recorded."""
+    from diffusion_post.figures import prompts_of
+    from diffusion_post.png import read_parameters
+    from diffusion_post.post import caption_shares, escape_markdown
+
+    config = yaml.safe_load((build / "config.yaml").read_text())
+    text = post_path(build).read_text()
+    lines = {}
+    for name in post_config.figure_table(config):
+        spec = post_config.resolve(config, name)
+        recorded = read_parameters(build / "figures" / f"{name}.png").get("prompt_weights", {})
+        assert set(recorded) == (set(prompts_of(spec)) if "prompt" in spec or "prompts" in spec else set())
+        for prompt, captions in recorded.items():
+            assert 0 < sum(c["weight"] for c in captions) <= 1.0001
+            lines.setdefault((prompt, spec["denoiser"]), f'- <span class="no-math">“{escape_markdown(prompt)}”</span>, '
+                                                         f'{spec["denoiser"]} denoiser: {caption_shares(captions)}')
+    shown = [line for line in text.split("## What the prompts pick in the set")[1].splitlines() if line.startswith("- ")]
+    assert shown == list(lines.values())
+    assert ("a high quality photo", "local") in lines and ("a high quality photo", "exact") in lines

@@ -74,6 +74,7 @@ def environment(templates: Path | str) -> jinja2.Environment:
     env.globals["shown_timesteps"] = shown_timesteps
     env.globals["permalink"] = PERMALINK
     env.filters["tojson"] = lambda value: json.dumps(value, ensure_ascii=False)
+    env.filters["captions"] = caption_shares
     return env
 
 
@@ -113,6 +114,26 @@ def image_context(figure_files: list[str], frames: dict[str, list[str]], size_of
             "frames": frame_keys}
 
 
+def caption_shares(captions: list[dict]) -> str:
+    """[{caption, images, weight}, ...] -> 'camera (1 image, 4.2%); photo of a cat (40 images, 30.6%)', as markdown."""
+    share = lambda w: f"{100 * w:.1f}%" if w >= 0.0005 else "under 0.1%"
+    return "; ".join(f"{escape_markdown(c['caption'])} ({c['images']} image{'s' if c['images'] != 1 else ''}, "
+                     f"{share(c['weight'])})" for c in captions)
+
+
+def prompt_choices(specs: dict[str, dict], figure_files: list[str]) -> list[dict]:
+    """What each prompt picks in the ideal backend's set, from the `prompt_weights` its figures carry: once per prompt
+    and denoiser, in the figures' order, [{prompt, denoiser, captions: [{caption, images, weight}, ...]}, ...]
+    (empty for the other backends)."""
+    rows: dict[tuple[str, str | None], list[dict]] = {}
+    for f in figure_files:
+        name = Path(f).stem
+        if f.endswith(".png") and name in specs:
+            for prompt, captions in read_parameters(f).get("prompt_weights", {}).items():
+                rows.setdefault((prompt, specs[name].get("denoiser")), captions)
+    return [{"prompt": prompt, "denoiser": denoiser, "captions": captions} for (prompt, denoiser), captions in rows.items()]
+
+
 def render(config: dict, specs: dict[str, dict], figure_files: list[str], metrics: Path | str | None,
            templates: Path | str, output: Path | str, frames: dict[str, list[str]] | None = None) -> None:
     """Write the post. `figure_files` are the workflow's image files (figures/NAME.png|gif), `frames` the
@@ -126,6 +147,7 @@ def render(config: dict, specs: dict[str, dict], figure_files: list[str], metric
         "fig": specs, **images, "frame_values": lambda spec: frame_values(spec, specs),
         "models": models, "backend_summary": backend_summary(models),
         "metrics": json.loads(Path(metrics).read_text()) if metrics else None,
+        "prompt_choices": prompt_choices(specs, figure_files),
     }
     text = environment(templates).get_template("post.md.j2").render(**context)
     shown = set(re.findall(r"assets/figures/[^)\s\"']+", text))
