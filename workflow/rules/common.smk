@@ -19,9 +19,10 @@ NOT_SAMPLING = {"layout.py", "png.py", "post.py", "site.py", "cli.py", "config.p
 # tiny do unless device: cpu), so the same rules run on a CPU-only cluster node.
 BACKEND = config["backend"]
 GPU_PER_SAMPLING_JOB = int(BACKEND["name"] != "ideal" and BACKEND.get("device") != "cpu")
+LOCAL = {"local.py", "local_options.py"}  # the ideal backend's local denoiser
 OTHER_BACKENDS = {"ideal": {"deepfloyd.py", "tiny.py", "trained.py"},
-                  "deepfloyd": {"ideal.py", "local.py", "photos.py", "tiny.py", "trained.py"},
-                  "tiny": {"ideal.py", "local.py", "photos.py", "trained.py"}, "trained": {"tiny.py", "local.py"}}
+                  "deepfloyd": {"ideal.py", "photos.py", "tiny.py", "trained.py"} | LOCAL,
+                  "tiny": {"ideal.py", "photos.py", "trained.py"} | LOCAL, "trained": {"tiny.py"} | LOCAL}
 
 
 def code(*names):
