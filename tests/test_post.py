@@ -244,8 +244,8 @@ def test_intro_says_what_the_local_denoisers_options_do():
 def test_what_each_prompt_picks_in_the_set_is_listed_for_the_ideal_backend(text):
     _, body = split(text)
     assert "## What the prompts pick in the set" in body and "listed near the end, in *What the prompts pick" in body
-    assert ("- <span class=\"no-math\">“a high quality photo”</span>, local denoiser: photo of a cat (40 images, 30.6%); "
-            "keycap: \\* (1 image, 4.2%); stars (1 image, under 0.1%)\n") in body  # a caption's markdown escaped
+    assert ("- <span class=\"no-math\">“a high quality photo”</span>, local denoiser: <span class=\"no-math\">photo of a cat "
+            "(40 images, 30.6%); keycap: \\* (1 image, 4.2%); stars (1 image, under 0.1%)</span>\n") in body  # escaped
     _, body = split(render(context(load_config(), choices=[])))
     assert "What the prompts pick" not in body  # no section, and the intro does not point to one
     _, body = split(render(context(load_config(), models=DEEPFLOYD)))
@@ -317,8 +317,8 @@ def test_render_end_to_end(tmp_path):
     assert "not made by DeepFloyd IF" in text
     # every figure carries the same prompt_weights: one line per denoiser that the figures name, in their order
     lines = [line for line in text.splitlines() if line.startswith("- <span class=\"no-math\">“a high quality photo”")]
-    assert lines == [f"- <span class=\"no-math\">“a high quality photo”</span>, {d} denoiser: camera (1 image, 99.0%)"
-                     for d in ("local", "exact")]
+    assert lines == [f"- <span class=\"no-math\">“a high quality photo”</span>, {d} denoiser: <span class=\"no-math\">camera "
+                     "(1 image, 99.0%)</span>" for d in ("local", "exact")]
 
 
 def test_rarer_options_render():

@@ -171,7 +171,7 @@ def test_post_lists_what_each_prompt_picks_in_the_set_from_its_figures(build):
         for prompt, captions in recorded.items():
             assert 0 < sum(c["weight"] for c in captions) <= 1.0001
             lines.setdefault((prompt, spec["denoiser"]), f'- <span class="no-math">“{escape_markdown(prompt)}”</span>, '
-                                                         f'{spec["denoiser"]} denoiser: {caption_shares(captions)}')
+                             f'{spec["denoiser"]} denoiser: <span class="no-math">{caption_shares(captions)}</span>')
     shown = [line for line in text.split("## What the prompts pick in the set")[1].splitlines() if line.startswith("- ")]
     assert shown == list(lines.values())
     assert ("a high quality photo", "local") in lines and ("a high quality photo", "exact") in lines
