@@ -188,8 +188,11 @@ class ImageSet:
         counts = torch.bincount(index, minlength=len(names))
         most = totals.topk(min(k, len(names)), dim=1).indices.tolist()
         closest = (totals / counts).argmax(dim=1).tolist()
-        rows = [sorted(set(ids) | {c}, key=lambda i, b=b: -totals[b, i].item()) for b, (ids, c) in enumerate(zip(most, closest))]
-        return [[(names[i], int(counts[i]), totals[b, i].item()) for i in row] for b, row in enumerate(rows)]
+        result = []
+        for b, total in enumerate(totals.tolist()):
+            shown = sorted(set(most[b]) | {closest[b]}, key=lambda i: -total[i])
+            result.append([(names[i], int(counts[i]), total[i]) for i in shown])
+        return result
 
 
 class _Ideal:
