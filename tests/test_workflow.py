@@ -119,7 +119,7 @@ def test_local_denoiser_settings_rerun_only_its_figures(build, tmp_path):
     edited = tmp_path / "edited"
     shutil.copytree(build, edited, symlinks=True)
     config = yaml.safe_load((edited / "config.yaml").read_text())
-    config["backend"]["local"]["window"] = [3, 17]
+    config["backend"].setdefault("local", {})["window"] = [3, 17]  # a default of the code, overridden
     (edited / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     rerun = {Path(f).stem for f in scheduled_outputs(edited) if f.startswith("results/") and f.endswith(".safetensors")}
     specs = {name: post_config.resolve(config, name) for name in post_config.figure_table(config)}

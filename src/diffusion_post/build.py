@@ -10,7 +10,8 @@ import torch
 from . import __version__, figures
 from .spec import timesteps
 from .backends import load_backend
-from .images import atomic_path, load_image, load_result, save_result
+from .files import atomic_path
+from .images import load_image, load_result, save_result
 
 SAMPLED_MESSAGE = "diffusion-post: sampled"
 

@@ -8,11 +8,11 @@ from typing import Any
 import jsonschema
 import yaml
 
-from .spec import COMPONENTS, timesteps
+from .backends.local_options import LocalOptions  # torch-free
+from .spec import COMPONENTS, STAGE_1_SIZE, timesteps
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 BUILTIN = "builtin:"
-STAGE_1_SIZE = 64  # every backend's stage-I images are 64 x 64
 UPSAMPLABLE = ("text_to_image", "sample", "anagram", "hybrid")
 CONTROL_NAMES = {"\n": "line feed", "\r": "carriage return", "\t": "tab", "\x1b": "escape", "\x00": "null"}
 NO_SCHEDULE = ("forward", "blur", "one_step")  # techniques that never step along a schedule
@@ -302,8 +302,6 @@ def check(config: Any, root: Path = Path(".")) -> None:
     for key in config["backend"].get("input_captions", {}):
         if key not in config["inputs"]:
             raise ConfigError(f"config: backend/input_captions/{key}: not a key of inputs: use one of {', '.join(config['inputs'])}")
-    from .backends.local_options import LocalOptions  # torch-free; imported here, as it imports this module
-
     try:
         LocalOptions.from_config(config["backend"].get("local", {}))
     except ValueError as error:

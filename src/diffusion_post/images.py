@@ -1,11 +1,7 @@
 """Image files the sampling jobs read and write: input images, raw results (safetensors) with their parameters."""
 
 import json
-import os
-import threading
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -13,37 +9,10 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from .files import atomic_path
 from .image_files import center_square, read_rgb
 
 METADATA_KEY = "parameters"
-
-
-def _umask() -> int:
-    """The process's umask, read without changing it where Linux tells it (/proc), else set and restored."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-@contextmanager
-def atomic_path(path: Path | str) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; it replaces `path` only if the block succeeds, with the mode any new
-    file gets (0666 less the umask: some writers, such as safetensors, create their files 0600)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp{path.suffix}")
-    try:
-        yield tmp
-        tmp.chmod(0o666 & ~_umask())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load_image(path: Path | str, size: int) -> Tensor:

@@ -10,7 +10,8 @@ import numpy as np
 from PIL import Image
 from torch import Tensor
 
-from .images import atomic_path, load_result
+from .files import atomic_path
+from .images import load_result
 from .png import save_png, tile, to_uint8
 
 GAP = 2  # white pixels between tiles

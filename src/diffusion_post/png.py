@@ -7,7 +7,8 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 from torch import Tensor
 
-from .images import METADATA_KEY, atomic_path
+from .files import atomic_path
+from .images import METADATA_KEY
 
 
 def to_uint8(x: Tensor) -> np.ndarray:

@@ -22,7 +22,7 @@ from PIL import Image
 
 from .config import frame_values, shown_timesteps
 from .spec import timesteps
-from .images import atomic_path
+from .files import atomic_path
 from .png import read_parameters
 
 PERMALINK = "/:year/:month/:day/:title:output_ext"  # the post's page, 3 folders below the site's root

@@ -1,6 +1,8 @@
 """What the workflow reads from a figure's resolved parameters while it parses the Snakefile, without torch (so
 a dry run never imports it): the timesteps a figure samples, and the components of a hybrid's factorization."""
 
+STAGE_1_SIZE = 64  # every backend's stage-I images are 64 x 64
+
 
 def strided_timesteps(start: int = 990, stride: int = 30) -> list[int]:
     """Descending timesteps start, start - stride, ..., down to 0 or the last one above it."""

@@ -13,16 +13,20 @@ FIGURES = post_config.figure_table(config)  # name -> (section, own parameters)
 SPECS = {name: post_config.resolve(config, name) for name in FIGURES}
 FRAMES = post_config.figure_frames(config)  # interactive figure -> its frame files
 PACKAGE = Path("src/diffusion_post")  # relative, so a moved or copied project keeps its build state
+PACKAGE_MODULES = sorted(PACKAGE.rglob("*.py"))
 # Not used by sampling jobs: their edits must not rerun the models.
 NOT_SAMPLING = {"layout.py", "png.py", "post.py", "site.py", "cli.py", "config.py", "project.py"}
 # A sampling job asks for a GPU only where its backend runs on one (the ideal backend never does; deepfloyd and
 # tiny do unless device: cpu), so the same rules run on a CPU-only cluster node.
 BACKEND = config["backend"]
 GPU_PER_SAMPLING_JOB = int(BACKEND["name"] != "ideal" and BACKEND.get("device") != "cpu")
-LOCAL = {"local.py", "local_options.py"}  # the ideal backend's local denoiser
-OTHER_BACKENDS = {"ideal": {"deepfloyd.py", "tiny.py", "trained.py"},
-                  "deepfloyd": {"ideal.py", "photos.py", "tiny.py", "trained.py"} | LOCAL,
-                  "tiny": {"ideal.py", "photos.py", "trained.py"} | LOCAL, "trained": {"tiny.py"} | LOCAL}
+# The modules a figure's sampling never runs, by backend (the ideal backend: by denoiser), so that editing one
+# reruns only the figures that run it.
+IDEAL = {"ideal.py", "image_set.py", "photos.py"}  # the ideal backend's set and loader
+EXACT, LOCAL = {"exact.py"}, {"local.py", "local_options.py"}  # its two denoisers
+NOT_RUN = {"deepfloyd": IDEAL | EXACT | LOCAL | {"tiny.py", "trained.py"}, "tiny": IDEAL | EXACT | LOCAL | {"trained.py"},
+           "trained": {"ideal.py", "photos.py", "tiny.py"} | EXACT | LOCAL,  # (its prompt encoder is image_set's)
+           "exact": {"deepfloyd.py", "tiny.py", "trained.py"} | LOCAL, "local": {"deepfloyd.py", "tiny.py", "trained.py"} | EXACT}
 
 
 def code(*names):
@@ -30,10 +34,10 @@ def code(*names):
     return [str(PACKAGE / name) for name in names]
 
 
-SAMPLING_CODE = sorted(
-    str(p) for p in PACKAGE.rglob("*.py")
-    if p.name not in NOT_SAMPLING | OTHER_BACKENDS[config["backend"]["name"]] and p.parent.name != "training"
-)
+def sampling_code(spec):
+    """The package modules a figure's sampling runs (spec: its resolved parameters)."""
+    runs = spec.get("denoiser") if config["backend"]["name"] == "ideal" else config["backend"]["name"]
+    return [str(p) for p in PACKAGE_MODULES if p.name not in NOT_SAMPLING | NOT_RUN[runs] and p.parent.name != "training"]
 
 
 def figures_in(*sections):
@@ -43,7 +47,7 @@ def figures_in(*sections):
 
 def sampling_inputs(wildcards):
     spec = SPECS[wildcards.figure]
-    inputs = {"code": SAMPLING_CODE, **post_config.input_files(config, spec)}
+    inputs = {"code": sampling_code(spec), **post_config.input_files(config, spec)}
     if "source" in spec:
         inputs["source"] = f"results/{spec['source']}.safetensors"
     if config["backend"]["name"] == "trained":  # retrained weights rerun the figures (not SHIPPED.json, the output

@@ -40,7 +40,7 @@ rule data:
     params:
         data={k: TRAINING[k] for k in ("emoji_limit", "crops_per_photo", "data_seed")},
     run:
-        from diffusion_post.backends.ideal import minilm_encoder
+        from diffusion_post.backends.image_set import minilm_encoder
         from diffusion_post.training.data import build_dataset
 
         build_dataset(output.npz, input.keywords, minilm_encoder, emoji_limit=params.data["emoji_limit"],

@@ -41,8 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..denoiser import join_output
-from .ideal import STAGE_1_SIZE, STAGE_2_SIZE, STORED_SIZE, ImageSet, PromptCache, _Ideal, resize, unit
+from .image_set import STAGE_1_SIZE, STAGE_2_SIZE, STORED_SIZE, ImageSet, PromptCache, SetDenoiser, resize, unit
 from .local_options import POOL, LocalOptions
 
 
@@ -81,7 +80,7 @@ def learned_range_of(post_var: Tensor, abar: Tensor, t: int) -> Tensor:
     return 2 * frac.clamp(0, 1) - 1
 
 
-class _Local(_Ideal):
+class _Local(SetDenoiser):
     """What both local stages share: the options, the pooled and shifted ranking set, the candidate search."""
 
     def __init__(self, image_set: ImageSet, prompts: PromptCache, description: dict, sample_size: int, options: LocalOptions):
@@ -153,7 +152,7 @@ class _Local(_Ideal):
         """The per-pixel posterior over each block's candidates at 64 px: weights (B, blocks, k, b, b), image
         index n and offset index s of each candidate (B, blocks, k). Each observation (x, y_set, c, var) adds
         -D(x, c y_set) / (2 var) to the logits, D summed over a P x P window of 64-px pixels."""
-        o, H, b = self.options, STAGE_1_SIZE, self.options.block
+        H, b = STAGE_1_SIZE, self.options.block
         N = len(self.set)
         cand = self.candidates(observations, prior, P).sort(dim=2).values  # (B, nb, k)
         repeated = F.pad(cand[..., 1:] == cand[..., :-1], (1, 0))  # listed by two blocks: counted once
@@ -209,13 +208,6 @@ class _Local(_Ideal):
         second = (w * patches.square()).sum(2)
         return self.assemble(mean), self.assemble(second - mean.square())
 
-    def output(self, x_t: Tensor, y_hat: Tensor, post_var: Tensor, t: int, like: Tensor) -> Tensor:
-        abar_t = self.alphas_cumprod[t].item()
-        eps_hat = (x_t - math.sqrt(abar_t) * y_hat) / math.sqrt(1 - abar_t)
-        v = learned_range_of(post_var, self.alphas_cumprod, t)
-        return join_output(eps_hat, v).to(device=like.device, dtype=like.dtype)
-
-
 class LocalDenoiser(_Local):
     """Stage I: the local posterior over the 64-px set."""
 
@@ -231,7 +223,7 @@ class LocalDenoiser(_Local):
         P, scale = self.options.at(t)
         weights, n, s = self.local_weights([(x, self.y, math.sqrt(abar_t), 1 - abar_t)], self.prior(embeds, scale), P)
         y_hat, post_var = self.mean_and_variance(weights, self.block_patches(self.cast(self.y), n, s, 1), 1)
-        return self.output(x, y_hat, post_var, t, like=x_t)
+        return self.output(x, y_hat, learned_range_of(post_var, self.alphas_cumprod, t), t, like=x_t)
 
 
 class LocalUpsampler(_Local):
@@ -263,4 +255,4 @@ class LocalUpsampler(_Local):
         patches = unit(self.block_patches(self.images_128, n, s, STORED_SIZE // STAGE_1_SIZE)).to(self.dtype)
         mean_128, var_128 = self.mean_and_variance(weights, patches, STORED_SIZE // STAGE_1_SIZE)
         up = lambda a: resize(self.set.up_2, a.double())
-        return self.output(x_t, up(mean_128), up(var_128), t, like=x_in)
+        return self.output(x_t, up(mean_128), learned_range_of(up(var_128), self.alphas_cumprod, t), t, like=x_in)

@@ -3,23 +3,27 @@ workflow is parsed, so a bad value is one line before any job runs (backends/loc
 
 from dataclasses import dataclass
 
-from ..config import STAGE_1_SIZE
+from ..spec import STAGE_1_SIZE
 
 POOL = 4  # ranking resolution: 4 x 4 cells of the 64-px grid
 
 
 @dataclass(frozen=True)
 class LocalOptions:
+    """The local denoiser's settings and their defaults, tuned on the post's config (docs/local_denoiser.md says what
+    each does and why it has its value; BENCHMARKS.md the measurements). config.yaml may override any of them under
+    backend/local."""
+
     window: tuple[int, int] = (3, 15)  # window side P (odd, 64-px pixels) at t = 0 and at t = 999, linear in between
     temperature: float = 0.05  # of the prompt weights w_n (the exact denoiser's sharper 0.01 picks one caption)
     shift: int = 0  # shifted copies of every image, offsets {-shift, 0, shift}^2 pixels (a multiple of 4); 0 = none
-    prior_fade: float = 0.0  # below the top steps the prompt prior is scaled by lambda = (P / window[1])^prior_fade
-    candidates: int = 8  # images kept per block of `block` x `block` pixels
-    share: int = 0  # ... plus the `share` best of each of its 4 neighbours (<= candidates; config.yaml ships 2)
+    prior_fade: float = 1  # below the top steps the prompt prior is scaled by lambda = (P / window[1])^prior_fade
+    candidates: int = 8  # images kept per block of `block` x `block` pixels ...
+    share: int = 2  # ... plus the `share` best of each of its 4 neighbours (<= candidates)
     block: int = 8
-    top: int = 1000  # stage I's top steps, t >= top (1000 = none), use ...
+    top: int = 930  # stage I's top steps, t >= top (1000 = none), use ...
     top_window: int = 3  # ... this window side ...
-    top_prior: float = 1.0  # ... and lambda = top_prior
+    top_prior: float = 0.8  # ... and lambda = top_prior
 
     @classmethod
     def from_config(cls, local: dict) -> "LocalOptions":

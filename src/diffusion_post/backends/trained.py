@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 
 from ..denoiser import Cascade
+from ..files import sha256
 from .deepfloyd import ModelUnavailable, load_cascade
-from .ideal import ENCODER_NAME, minilm_encoder
+from .image_set import ENCODER_NAME, minilm_encoder
 from .prompt_cache import Encoder
 
 WEIGHTS = Path("weights/trained")  # committed with the project; relative to the project root, like results/
@@ -32,8 +33,6 @@ def check_weights(folder: Path) -> dict:
     if not shipped_file.is_file():
         raise WeightsMissing(NOT_SHIPPED if folder == WEIGHTS else f"no trained weights in {folder} (no SHIPPED.json): "
                              f"run `snakemake train` on a GPU (see README) or point backend/weights at its output")
-    from ..training.data import sha256
-
     shipped = json.loads(shipped_file.read_text())
     for name, digest in shipped["sha256"].items():
         if not (folder / name).is_file() or sha256(folder / name) != digest:

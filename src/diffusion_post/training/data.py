@@ -25,7 +25,7 @@ from PIL import Image, ImageFont
 from torch import Tensor
 
 from ..data.emoji_set import FONT, FONT_SIZE, FontMissing, fit_square, render
-from ..images import atomic_path
+from ..files import atomic_path, sha256, write_json_atomic
 from . import DATA_VERSION as VERSION, EMOJIBASE
 
 SIZE = 128
@@ -162,7 +162,7 @@ def build_dataset(output: Path | str, keywords_tarball: Path | str | None, encod
         sources.append({"name": f"{name} ({'scikit-learn' if ':' in name else 'scikit-image'} sample photo)",
                         "licence": licence, "count": len(crops), "captions": text})
 
-    from ..backends.ideal import ENCODER_NAME
+    from ..backends.image_set import ENCODER_NAME
 
     encode = encoder()
     flat = [t for pair in texts for t in pair]
@@ -179,21 +179,6 @@ def build_dataset(output: Path | str, keywords_tarball: Path | str | None, encod
         manifest["sha256"] = sha256(tmp)
     write_json_atomic(output.with_suffix(".json"), manifest)
     return manifest
-
-
-def sha256(path: Path | str) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=1) + "\n")
 
 
 class TrainingSet:

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .data import sha256, write_json_atomic
+from ..files import sha256, write_json_atomic
 from .models import if_scheduler, image_noising_scheduler
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"

@@ -23,7 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .. import schedule
-from ..images import atomic_path
+from ..files import atomic_path
 from .data import TrainingSet, downsample
 from .losses import hybrid_loss
 from .models import MAX_NOISE_LEVEL, STAGE_SIZES, if_scheduler, image_noising_scheduler, make_unet

