@@ -335,11 +335,22 @@ def brute_force_local_eps(x_t, t, log_w, Y, abar, P):
     return (x_t - a.sqrt() * y_hat) / (1 - a).sqrt()
 
 
-@pytest.mark.parametrize("P", [3, 7])
-def test_local_denoiser_is_its_per_pixel_definition(cascade, P):
-    """Every image a candidate: the blocks, the candidate search and the box sums must give exactly the per-pixel
-    posterior, image edges included (a wrong window, centre or edge handling fails)."""
-    local, _ = local_on(cascade, window=(P, P), temperature=0.05, candidates=len(SHAPES), share=2)
+def shifted_copies(Y, shift):
+    """Every image of Y (N, 3, H, W) shifted by each (dy, dx) of {-shift, 0, shift}^2, edge pixels repeated, from the
+    definition y_s(q) = y(q - s): (9 N, 3, H, W), copy s of image n at row s N + n (the local denoiser's order)."""
+    H = Y.shape[-1]
+    steps = (-shift, 0, shift) if shift else (0,)
+    at = lambda d: (torch.arange(H) - d).clamp(0, H - 1)
+    return torch.cat([Y[:, :, at(dy)][..., at(dx)] for dy in steps for dx in steps])
+
+
+@pytest.mark.parametrize("P, shift", [(3, 0), (7, 0), (3, 4)])
+def test_local_denoiser_is_its_per_pixel_definition(cascade, P, shift):
+    """Every image (and shifted copy) a candidate: the blocks, the candidate search and the box sums must give
+    exactly the per-pixel posterior, image edges included (a wrong window, centre, shift or edge handling fails).
+    The batch is a guided one, the same x_t with and without the prompt: the rows share their window distances."""
+    copies = 9 if shift else 1
+    local, _ = local_on(cascade, window=(P, P), temperature=0.05, candidates=len(SHAPES) * copies, share=2, shift=shift)
     local.dtype = torch.float64
     Y = set_images(cascade, 64)
     g = torch.Generator().manual_seed(2)
@@ -348,7 +359,8 @@ def test_local_denoiser_is_its_per_pixel_definition(cascade, P):
     for t in [100, 500]:
         a = local.alphas_cumprod[t].double()
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * torch.randn(x0.shape, generator=g, dtype=torch.float64)
-        expected = brute_force_local_eps(x_t, t, local.set.log_weights(embeds, 0.05), Y, local.alphas_cumprod, P)
+        log_w = local.set.log_weights(embeds, 0.05).repeat(1, copies)  # each copy of an image has its prior
+        expected = brute_force_local_eps(x_t, t, log_w, shifted_copies(Y, shift), local.alphas_cumprod, P)
         torch.testing.assert_close(local(x_t, t, embeds)[:, :3], expected, rtol=1e-7, atol=1e-7)
 
 

@@ -91,16 +91,20 @@ def cached(compute: Callable[[], dict[str, Tensor]], cache_dir: Path | None, nam
     return load_file(str(path))
 
 
+SET_ARRAYS = ("y_64", "y_64_sq", "y_sq", "up_4_sq", "y_z")
+
+
 def set_arrays(images_128: Tensor) -> dict[str, Tensor]:
-    """Per image y_i = up_2(y_i^128) (the 256-px set): y_64 = area_4(y_i) (N, 3 64 64), |y_64|^2, |y_i|^2 and
-    |up_4(y_64)|^2, float64."""
+    """Per image y_i = up_2(y_i^128) (the 256-px set): y_64 = area_4(y_i) (N, 3 64 64), |y_64|^2, |y_i|^2,
+    |up_4(y_64)|^2 and y_z = area_4(up_4(y_64)) (N, 3 64 64: what the stage-II input z looks like, pooled), float64."""
     parts = []
     for chunk in images_128.split(64):
         y = F.interpolate(unit(chunk), scale_factor=2, mode="bilinear", align_corners=False)
         y_64 = F.avg_pool2d(y, 4)
         up_4 = F.interpolate(y_64, size=(STAGE_2_SIZE, STAGE_2_SIZE), mode="bilinear", align_corners=True)
-        parts.append([y_64.flatten(1), y_64.square().sum((1, 2, 3)), y.square().sum((1, 2, 3)), up_4.square().sum((1, 2, 3))])
-    return {name: torch.cat(column) for name, column in zip(["y_64", "y_64_sq", "y_sq", "up_4_sq"], zip(*parts))}
+        parts.append([y_64.flatten(1), y_64.square().sum((1, 2, 3)), y.square().sum((1, 2, 3)), up_4.square().sum((1, 2, 3)),
+                      F.avg_pool2d(up_4, 4).flatten(1)])
+    return {name: torch.cat(column) for name, column in zip(SET_ARRAYS, zip(*parts))}
 
 
 class ImageSet:
@@ -115,16 +119,17 @@ class ImageSet:
         if images.dtype != np.uint8 or images.shape[1:] != size or len(images) != len(captions):
             raise ValueError(f"expected (N, {', '.join(map(str, size))}) uint8 images with one caption each: "
                              f"got {images.dtype} {images.shape}, {len(captions)} captions")
-        self.images_128 = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # (N, 3, 128, 128)
+        self.images_128 = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # (N, 3, 128, 128), planes in a row
         self.captions = list(captions)
         self.caption_embeds = caption_embeds.double()  # (N, E), unit rows
         self.temperature = temperature
+        self._log_weights: dict[tuple, Tensor] = {}
         self.up_2 = resize_matrix(STORED_SIZE, STAGE_2_SIZE, "bilinear", align_corners=False)  # (256, 128)
         self.up_4 = resize_matrix(STAGE_1_SIZE, STAGE_2_SIZE, "bilinear", align_corners=True)  # (256, 64)
-        arrays = [cached(lambda part=part: set_arrays(part), cache_dir, "set-v1", part.numpy().tobytes())
+        arrays = [cached(lambda part=part: set_arrays(part), cache_dir, "set-v2", part.numpy().tobytes())
                   for part in self.images_128.split(list(parts) if parts else [len(images)])]
         arrays = {k: torch.cat([a[k] for a in arrays]) for k in arrays[0]}
-        self.y_64, self.y_64_sq, self.y_sq, self.up_4_sq = (arrays[k] for k in ("y_64", "y_64_sq", "y_sq", "up_4_sq"))
+        self.y_64, self.y_64_sq, self.y_sq, self.up_4_sq, self.y_z = (arrays[k] for k in SET_ARRAYS)
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -135,9 +140,15 @@ class ImageSet:
 
     def log_weights(self, embeds: Tensor, temperature: float | None = None) -> Tensor:
         """log w_i = log softmax_i(cos(prompt, caption_i) / temperature), (B, N) float64; a zero prompt -> uniform.
-        temperature: the set's unless given."""
+        temperature: the set's unless given. Kept for the last few prompts (a sampling loop asks at every step);
+        the tensor returned is shared: do not change it in place."""
         temperature = self.temperature if temperature is None else temperature
-        return torch.log_softmax(embeds.double().cpu() @ self.caption_embeds.T / temperature, dim=1)
+        key = (temperature, tuple(embeds.shape), embeds.detach().cpu().numpy().tobytes())
+        if key not in self._log_weights:
+            while len(self._log_weights) >= 16:
+                self._log_weights.pop(next(iter(self._log_weights)), None)
+            self._log_weights[key] = torch.log_softmax(embeds.double().cpu() @ self.caption_embeds.T / temperature, dim=1)
+        return self._log_weights[key]
 
     def top_captions(self, embeds: Tensor, temperature: float | None = None, k: int = 3) -> list[list[tuple[str, int, float]]]:
         """Per prompt, the k captions whose images hold the most weight together, and the caption closest to the

@@ -51,12 +51,35 @@ def box_sum(sq: Tensor, P: int, out: int) -> Tensor:
     return S[..., P:P + out, P:P + out] - S[..., :out, P:P + out] - S[..., P:P + out, :out] + S[..., :out, :out]
 
 
-def flat_index(n: Tensor, rows: Tensor, cols: Tensor, size: int) -> Tensor:
-    """Indices into a flattened (N, 3, size, size) tensor of images n (...), rows (..., L), cols (..., L):
-    (..., 3, L, L), for one `take` (much faster than indexing with four broadcast index tensors)."""
-    plane = size * size
-    return (n[..., None, None, None] * (3 * plane) + torch.arange(3)[:, None, None] * plane
-            + rows[..., None, :, None] * size + cols[..., None, None, :])
+def unique_rows(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, D) -> the first row of each distinct value (U,) and each row's index among those (B,): the rows of a batch
+    that hold the same input (the unconditional and conditional halves of classifier-free guidance, the parts of a
+    hybrid), whose window distances are then computed once."""
+    first: list[int] = []
+    inverse = []
+    for b in range(len(x)):
+        match = next((u for u, f in enumerate(first) if torch.equal(x[b], x[f])), None)
+        if match is None:
+            first.append(b)
+            match = len(first) - 1
+        inverse.append(match)
+    return torch.tensor(first), torch.tensor(inverse)
+
+
+def shared_candidates(cand: Tensor, inverse: Tensor, U: int) -> tuple[Tensor, Tensor]:
+    """The candidates of the rows that share an input, once: cand (B, nb, k) sorted -> union (U, nb, J) (padded with
+    its first entry) and each row's candidates as positions in its input's union (B, nb, k)."""
+    B, nb, k = cand.shape
+    sentinel = torch.iinfo(cand.dtype).max
+    rows = [cand[inverse == u].permute(1, 0, 2).reshape(nb, -1) for u in range(U)]  # (nb, rows of u x k)
+    width = max(r.shape[1] for r in rows)
+    stacked = torch.stack([F.pad(r, (0, width - r.shape[1]), value=sentinel) for r in rows]).sort(dim=2).values
+    stacked[..., 1:][stacked[..., 1:] == stacked[..., :-1]] = sentinel  # each candidate once per block
+    stacked = stacked.sort(dim=2).values
+    J = int((stacked != sentinel).sum(2).max())
+    union = stacked[..., :J]
+    position = torch.searchsorted(union[inverse], cand)
+    return torch.where(union == sentinel, union[..., :1], union), position
 
 
 def learned_range_of(post_var: Tensor, abar: Tensor, t: int) -> Tensor:
@@ -88,33 +111,48 @@ class _Local(SetDenoiser):
         self.options = options
         self.offsets = options.offsets()
         self.y = image_set.y_64.view(-1, 3, STAGE_1_SIZE, STAGE_1_SIZE)
-        self._pooled: dict[int, Tensor] = {}
-        self._cast: dict[tuple, Tensor] = {}
+        self._copies: dict[tuple, Tensor] = {}
+        self._windows: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
         # window distances are differences of nearby pixels, summed over at most a window: float32 keeps ~7 digits
         # of each, enough for the softmax (tests set float64 to compare with the exact denoiser's 1e-9)
         self.dtype = torch.float32
 
-    def cast(self, y_set: Tensor) -> Tensor:
-        """y_set in self.dtype, made once per set and dtype."""
-        key = (id(y_set), self.dtype)
-        if key not in self._cast:
-            self._cast[key] = y_set.to(self.dtype).contiguous()
-        return self._cast[key]
-
-    def pooled(self, y_set: Tensor) -> Tensor:
-        """The ranking set of a (N, 3, 64, 64) set: every shifted copy of every image at 16 x 16, float32
-        (shift s of image n is row s N + n), made once per set."""
-        key = id(y_set)
-        if key not in self._pooled:
-            self._pooled[key] = torch.cat([F.avg_pool2d(self.shifted(y_set, dy, dx), POOL) for dy, dx in self.offsets]).float()
-        return self._pooled[key]
+    def copies(self, y_set: Tensor, dtype: torch.dtype | None = None, pool: int = 1, scale: int = 1) -> Tensor:
+        """Every shifted copy of every image of a (N, 3, H, W) set (shift s of image n is row s N + n; offsets times
+        `scale`, edge pixels repeated), area-pooled by `pool`, in `dtype` (default: the set's), made once."""
+        key = (id(y_set), dtype, pool, scale)
+        if key not in self._copies:
+            shifted = [self.shifted(y_set, dy * scale, dx * scale) for dy, dx in self.offsets]
+            shifted = [F.avg_pool2d(y, pool) if pool > 1 else y for y in shifted]
+            self._copies[key] = (torch.cat(shifted) if len(shifted) > 1 else shifted[0]).to(dtype or y_set.dtype).contiguous()
+        return self._copies[key]
 
     @staticmethod
     def shifted(y: Tensor, dy: int, dx: int) -> Tensor:
         """y(q - (dy, dx)) with edge pixels repeated: (..., H, W)."""
+        if dy == dx == 0:
+            return y
         H, W = y.shape[-2:]
         rows, cols = (torch.arange(H) - dy).clamp(0, H - 1), (torch.arange(W) - dx).clamp(0, W - 1)
         return y[..., rows, :][..., cols]
+
+    def window(self, P: int, size: int = STAGE_1_SIZE) -> tuple[Tensor, Tensor]:
+        """Each block's P x P window at `size` px, made once per P: its L x L pixels (L = block + P - 1) as flat
+        indices into one (3, size, size) image, edge pixels repeated (nb, 3, L, L), and which lie inside (nb, L, L)."""
+        if (P, size) not in self._windows:
+            scale = size // STAGE_1_SIZE
+            b, per_row = self.options.block * scale, STAGE_1_SIZE // self.options.block
+            L = b + P - 1
+            corner = torch.arange(per_row) * b - P // 2  # top (= left) of the windows of a row (column) of blocks
+            lines = corner[:, None] + torch.arange(L)  # (per_row, L)
+            rows, cols = lines.repeat_interleave(per_row, 0), lines.repeat(per_row, 1)  # (nb, L) in raster order
+            inside = (lines >= 0) & (lines < size)
+            valid = inside.repeat_interleave(per_row, 0)[:, :, None] & inside.repeat(per_row, 1)[:, None, :]
+            clamp = lambda a: a.clamp(0, size - 1)
+            index = (torch.arange(3)[:, None, None] * size**2 + clamp(rows)[:, None, :, None] * size
+                     + clamp(cols)[:, None, None, :])
+            self._windows[P, size] = index, valid
+        return self._windows[P, size]
 
     @property
     def temperature(self) -> float:
@@ -124,20 +162,22 @@ class _Local(SetDenoiser):
         """scale log w_n, (B, N): the prompt prior at the local temperature, scaled (LocalOptions.at)."""
         return scale * self.set.log_weights(embeds, self.temperature)
 
-    def candidates(self, observations: list[tuple[Tensor, Tensor, float, float]], prior: Tensor, P: int) -> Tensor:
+    def candidates(self, observations: list[tuple[Tensor, Tensor, float, float]], prior: Tensor, P: int,
+                   first: Tensor, inverse: Tensor) -> Tensor:
         """Per block, the `candidates` rows of the ranking set of largest pooled logit, then the `share` largest of
         each of its 4 neighbours (an index may repeat): (B, blocks, candidates + 4 share) indices.
         The pooled logit sums, over the observations (x (B, 3, 64, 64), y_set (N, 3, 64, 64), c, var), a lower bound
-        of D: 16 |pool_4(x - c y)|^2 over the 4 x 4 cells of a window of about P x P pixels centred on the block."""
+        of D: 16 |pool_4(x - c y)|^2 over the 4 x 4 cells of a window of about P x P pixels centred on the block,
+        computed once per distinct input (first, inverse: unique_rows)."""
         o, cells = self.options, STAGE_1_SIZE // POOL
         per_block, r = o.block // POOL, (P // 2 + POOL // 2) // POOL
         size = per_block + 2 * r
         score = prior.float().repeat(1, len(self.offsets))[:, :, None]  # (B, M, 1)
         for x, y_set, c, var in observations:
-            xp, yp = F.avg_pool2d(x, POOL).float().flatten(2), self.pooled(y_set).flatten(2)  # (B, 3, 256), (M, 3, 256)
-            d = (xp[:, None] - c * yp[None]).square().sum(2).view(xp.shape[0], -1, cells, cells)  # (B, M, 16, 16)
+            xp, yp = F.avg_pool2d(x[first], POOL).float().flatten(2), self.copies(y_set, torch.float32, POOL).flatten(2)  # (U, 3, 256), (M, 3, 256)
+            d = (xp[:, None] - c * yp[None]).square().sum(2).view(xp.shape[0], -1, cells, cells)  # (U, M, 16, 16)
             window = F.avg_pool2d(d, size, stride=per_block, padding=r, count_include_pad=True) * size**2
-            score = score - POOL**2 * window[..., :STAGE_1_SIZE // o.block, :STAGE_1_SIZE // o.block].flatten(2) / (2 * var)
+            score = score - POOL**2 * window[inverse][..., :STAGE_1_SIZE // o.block, :STAGE_1_SIZE // o.block].flatten(2) / (2 * var)
         k = min(o.candidates, score.shape[1])
         best = score.topk(k, dim=1).indices.transpose(1, 2)  # (B, blocks, k), best first
         share, per_row = min(o.share, k), STAGE_1_SIZE // o.block
@@ -148,49 +188,34 @@ class _Local(SetDenoiser):
         return torch.cat([best, *shared], dim=2)  # (B, blocks, k + 4 share)
 
     def local_weights(self, observations: list[tuple[Tensor, Tensor, float, float]], prior: Tensor, P: int
-                      ) -> tuple[Tensor, Tensor, Tensor]:
-        """The per-pixel posterior over each block's candidates at 64 px: weights (B, blocks, k, b, b), image
-        index n and offset index s of each candidate (B, blocks, k). Each observation (x, y_set, c, var) adds
-        -D(x, c y_set) / (2 var) to the logits, D summed over a P x P window of 64-px pixels."""
-        H, b = STAGE_1_SIZE, self.options.block
-        N = len(self.set)
-        cand = self.candidates(observations, prior, P).sort(dim=2).values  # (B, nb, k)
+                      ) -> tuple[Tensor, Tensor]:
+        """The per-pixel posterior over each block's candidates at 64 px: weights (B, blocks, k, b, b) and the
+        candidates (B, blocks, k), rows of the shifted copies. Each observation (x, y_set, c, var) adds
+        -D(x, c y_set) / (2 var) to the logits, D summed over a P x P window of 64-px pixels; rows of the batch that
+        share their inputs share these distances, computed once per candidate of any of them."""
+        N, b = len(self.set), self.options.block
+        first, inverse = unique_rows(torch.cat([x.flatten(1) for x, *_ in observations], dim=1))
+        cand = self.candidates(observations, prior, P, first, inverse).sort(dim=2).values  # (B, nb, k)
         repeated = F.pad(cand[..., 1:] == cand[..., :-1], (1, 0))  # listed by two blocks: counted once
-        n, s = cand % N, cand // N
+        union, position = shared_candidates(cand, inverse, len(first))  # (U, nb, J), (B, nb, k)
         B, nb, k = cand.shape
-        h, L = P // 2, b + P - 1
-        per_row = H // b
-        top, left = (torch.arange(nb) // per_row) * b - h, (torch.arange(nb) % per_row) * b - h  # window corner per block
-        span = torch.arange(L)
-        rows, cols = top[:, None] + span, left[:, None] + span  # (nb, L) image coordinates
-        valid = ((rows >= 0) & (rows < H))[:, :, None] & ((cols >= 0) & (cols < H))[:, None, :]  # (nb, L, L)
-        dy = torch.tensor([d for d, _ in self.offsets])[s]  # (B, nb, k)
-        dx = torch.tensor([d for _, d in self.offsets])[s]
-        y_rows = (rows[None, :, None] - dy[..., None]).clamp(0, H - 1)  # (B, nb, k, L)
-        y_cols = (cols[None, :, None] - dx[..., None]).clamp(0, H - 1)
-        x_index = flat_index(torch.arange(B)[:, None], rows.clamp(0, H - 1)[None], cols.clamp(0, H - 1)[None], H)  # (B, nb, 3, L, L)
-        y_index = flat_index(n, y_rows, y_cols, H)  # (B, nb, k, 3, L, L)
-        logits = prior.gather(1, n.flatten(1)).view(B, nb, k)[..., None, None].to(self.dtype).expand(B, nb, k, b, b).clone()
+        index, valid = self.window(P)  # (nb, 3, L, L), (nb, L, L)
+        y_index = union[..., None, None, None] * self.y[0].numel() + index[:, None]  # (U, nb, J, 3, L, L)
+        row_of = position[..., None, None].expand(B, nb, k, b, b)
+        logits = prior.gather(1, (cand % N).flatten(1)).view(B, nb, k)[..., None, None].to(self.dtype).expand(B, nb, k, b, b).clone()
         for x, y_set, c, var in observations:
-            x_patch = x.to(self.dtype).flatten().take(x_index)
-            y_patch = self.cast(y_set).flatten().take(y_index)
+            x_patch = x[first].to(self.dtype).flatten(1)[:, index]  # (U, nb, 3, L, L)
+            y_patch = self.copies(y_set, self.dtype).flatten().take(y_index)
             sq = (x_patch[:, :, None] - c * y_patch).square().sum(3) * valid[None, :, None]
-            logits -= box_sum(sq, P, b) / (2 * var)
-        return logits.masked_fill(repeated[..., None, None], -math.inf).softmax(dim=2), n, s
+            logits -= (box_sum(sq, P, b) / (2 * var))[inverse].gather(2, row_of)
+        return logits.masked_fill(repeated[..., None, None], -math.inf).softmax(dim=2), cand
 
-    def block_patches(self, images: Tensor, n: Tensor, s: Tensor, scale: int) -> Tensor:
-        """The pixels of each candidate under each block, at `scale` times 64 px: (B, nb, k, 3, b scale, b scale).
-        images: (N, 3, 64 scale, 64 scale), any dtype."""
-        b, H = self.options.block * scale, STAGE_1_SIZE * scale
-        nb = n.shape[1]
-        per_row = STAGE_1_SIZE // self.options.block
-        top, left = (torch.arange(nb) // per_row) * b, (torch.arange(nb) % per_row) * b
-        span = torch.arange(b)
-        dy = torch.tensor([d for d, _ in self.offsets])[s] * scale
-        dx = torch.tensor([d for _, d in self.offsets])[s] * scale
-        rows = (top[None, :, None, None] + span - dy[..., None]).clamp(0, H - 1)  # (B, nb, k, b)
-        cols = (left[None, :, None, None] + span - dx[..., None]).clamp(0, H - 1)
-        return images.flatten().take(flat_index(n, rows, cols, H))
+    def block_patches(self, images: Tensor, cand: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """The pixels of each candidate (B, nb, k) under each block, at the size of `images` (N, 3, 64 s, 64 s), in
+        `dtype` (default: theirs): (B, nb, k, 3, b s, b s)."""
+        index, _ = self.window(1, images.shape[-1])
+        copies = self.copies(images, dtype, scale=images.shape[-1] // STAGE_1_SIZE)
+        return copies.flatten().take(cand[..., None, None, None] * images[0].numel() + index[:, None])
 
     def assemble(self, blocks: Tensor) -> Tensor:
         """(B, nb, 3, b, b) blocks in raster order -> (B, 3, H, W)."""
@@ -208,6 +233,7 @@ class _Local(SetDenoiser):
         second = (w * patches.square()).sum(2)
         return self.assemble(mean), self.assemble(second - mean.square())
 
+
 class LocalDenoiser(_Local):
     """Stage I: the local posterior over the 64-px set."""
 
@@ -221,8 +247,8 @@ class LocalDenoiser(_Local):
         abar_t = self.alphas_cumprod[t].item()
         x = x_t.detach().cpu().double()
         P, scale = self.options.at(t)
-        weights, n, s = self.local_weights([(x, self.y, math.sqrt(abar_t), 1 - abar_t)], self.prior(embeds, scale), P)
-        y_hat, post_var = self.mean_and_variance(weights, self.block_patches(self.cast(self.y), n, s, 1), 1)
+        weights, cand = self.local_weights([(x, self.y, math.sqrt(abar_t), 1 - abar_t)], self.prior(embeds, scale), P)
+        y_hat, post_var = self.mean_and_variance(weights, self.block_patches(self.y, cand, self.dtype), 1)
         return self.output(x, y_hat, learned_range_of(post_var, self.alphas_cumprod, t), t, like=x_t)
 
 
@@ -239,8 +265,7 @@ class LocalUpsampler(_Local):
                  options: LocalOptions = LocalOptions()):
         super().__init__(image_set, prompts, description, STAGE_2_SIZE, options)
         self.lowres_alphas_cumprod = lowres_alphas_cumprod
-        up_4 = F.interpolate(self.y, size=(STAGE_2_SIZE, STAGE_2_SIZE), mode="bilinear", align_corners=True)
-        self.y_z = F.avg_pool2d(up_4, 4)  # what z's pooled mean looks like for each image, (N, 3, 64, 64)
+        self.y_z = image_set.y_z.view(-1, 3, STAGE_1_SIZE, STAGE_1_SIZE)  # z's pooled mean for each image
         self.images_128 = image_set.images_128  # (N, 3, 128, 128) uint8
 
     @torch.no_grad()
@@ -251,8 +276,8 @@ class LocalUpsampler(_Local):
         # a pooled distance sums 16 pixels' worth of squared mean difference: var / 16 per pooled pixel
         observations = [(F.avg_pool2d(x_t, 4), self.y, math.sqrt(abar_t), (1 - abar_t) / 16),
                         (F.avg_pool2d(z, 4), self.y_z, math.sqrt(abar_s), (1 - abar_s) / 16)]
-        weights, n, s = self.local_weights(observations, self.prior(embeds, scale), P)
-        patches = unit(self.block_patches(self.images_128, n, s, STORED_SIZE // STAGE_1_SIZE)).to(self.dtype)
+        weights, cand = self.local_weights(observations, self.prior(embeds, scale), P)
+        patches = unit(self.block_patches(self.images_128, cand)).to(self.dtype)
         mean_128, var_128 = self.mean_and_variance(weights, patches, STORED_SIZE // STAGE_1_SIZE)
         up = lambda a: resize(self.set.up_2, a.double())
         return self.output(x_t, up(mean_128), learned_range_of(up(var_128), self.alphas_cumprod, t), t, like=x_in)
