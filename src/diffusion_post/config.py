@@ -269,7 +269,9 @@ def check_text(value: Any, where: str = "") -> None:
     """Every key and string of the config on one line: no control characters (a newline in a prompt would end
     its caption and start markdown of its own), no line or paragraph separators."""
     for place, item in _walk(value, where):
-        bad = next((c for c in item if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None) if isinstance(item, str) else None
+        if not isinstance(item, str):
+            continue
+        bad = next((c for c in item if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
         if bad is not None:
             name = CONTROL_NAMES.get(bad) or unicodedata.name(bad, "control character").lower()
             raise ConfigError(f"config: at {place or 'top level'}: {item[:40]!r} contains U+{ord(bad):04X} ({name}): "
@@ -278,7 +280,7 @@ def check_text(value: Any, where: str = "") -> None:
 
 def check_finite(value: Any, where: str = "") -> None:
     """Every number of the config finite, wherever it is (a key added later too): YAML reads .nan, .inf and -.inf
-    (and 1e400) as floats that pass every comparison a schema or a check makes, and would sample black images."""
+    (and 1.0e+400) as floats that pass every comparison a schema or a check makes, and would sample black images."""
     for place, item in _walk(value, where):
         if isinstance(item, float) and not math.isfinite(item):
             spelled = (".nan (not a number)" if math.isnan(item)
