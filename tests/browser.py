@@ -126,6 +126,7 @@ class PageReport:
     math_display: int = 0           # mjx-container[display=true]
     math_spans: list[MathSpan] = dataclasses.field(default_factory=list)  # TeX MathJax typeset
     math_errors: list[str] = dataclasses.field(default_factory=list)      # mjx-merror messages
+    wide_math: list[str] = dataclasses.field(default_factory=list)  # TeX of equations wider than the window or their box
     mathjax_expected: bool = False  # the page has a script#MathJax-script
     mathjax_version: str | None = None  # set when MathJax started
     stylesheets: int = 0            # style sheets the page applied (link rel=stylesheet that loaded)
@@ -153,6 +154,7 @@ class PageReport:
         if self.mathjax_expected and self.mathjax_version is None:
             out.append("MathJax did not start")
         out += [f"TeX error: {e}" for e in self.math_errors]
+        out += [f"equation wider than the column: {tex[:80]}" for tex in self.wide_math]
         out += [f"JS error: {e}" for e in self.js_errors]
         out += [f"failed request: {r}" for r in self.failed_requests]
         out += [f"off-site request: {r}" for r in self.external_requests]
@@ -190,6 +192,8 @@ async () => {
   const containers = Array.from(document.querySelectorAll('mjx-container'));
   const items = started ? mj.startup.document.getMathItemsWithin(document.body) : [];
   const width = window.innerWidth;
+  // An equation that does not fit: wider than the window, or than its own box (a display equation would scroll).
+  const tooWide = c => c.getBoundingClientRect().width > width + 0.5 || (c.clientWidth > 0 && c.scrollWidth > c.clientWidth + 1);
   const describe = e => e.tagName.toLowerCase() + (e.id ? '#' + e.id : '') +
     (e.className && typeof e.className === 'string' ? '.' + e.className.trim().split(/\s+/).join('.') : '');
   // Wider than the window, and not inside a box that scrolls or clips it (a long equation, a wide table).
@@ -214,6 +218,7 @@ async () => {
     math_spans: items.map(m => ({tex: String(m.math), display: !!m.display})),
     math_errors: Array.from(document.querySelectorAll('mjx-merror')).map(
       e => e.getAttribute('data-mjx-error') || e.textContent),
+    wide_math: items.filter(m => m.typesetRoot && tooWide(m.typesetRoot)).map(m => String(m.math).trim()),
     mathjax_expected: !!document.getElementById('MathJax-script'),
     mathjax_version: started ? String(mj.version) : null,
     stylesheets: Array.from(document.styleSheets).filter(s => { try { return s.cssRules.length > 0; } catch (e) { return false; } }).length,

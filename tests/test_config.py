@@ -50,6 +50,17 @@ BAD = {
     "caption of no input": (lambda c: c["backend"].update(input_captions={"own_imag_1": "photo of a bicycle"}),
                             "input_captions/own_imag_1: not a key of inputs"),
     "duplicate name": (lambda c: c["figures"]["sampling"].update(blur={"technique": "sample", "prompt": "x"}), "appears in sections"),
+    "guidance nan": (lambda c: figure(c, "cfg_samples").update(guidance_scale=float("nan")),
+                     "at figures/sampling/cfg_samples/guidance_scale: .nan (not a number): write a finite number"),
+    "guidance above range": (lambda c: figure(c, "cfg_samples").update(guidance_scale=1e30), "greater than the maximum of 100"),
+    "sigma below range": (lambda c: figure(c, "blur").update(sigma=1e-200), "less than the minimum of 0.01"),
+    "kernel wider than the image": (lambda c: figure(c, "blur").update(kernel_size=129), "use at most 127"),
+    "stage-II kernel": (lambda c: figure(c, "hybrid_skull_castle_stage_2").update(kernel_size=513), "256-px image"),
+    "count over the limit": (lambda c: figure(c, "cfg_samples").update(count=100000),
+                             "100000 images (count 100000), over the limit of 32 (limits/images"),
+    "i_starts over the limit": (lambda c: figure(c, "sdedit_test_image").update(i_starts=[1] * 33), "33 images (33 i_starts)"),
+    "steps over the limit": (lambda c: figure(c, "cfg_samples").update(stride=1), "991 steps (start 990, stride 1)"),
+    "unknown limit": (lambda c: c.update(limits={"image": 100}), "'image' was unexpected"),
 }
 
 
@@ -63,6 +74,77 @@ def test_bad_config_gives_one_clear_line(config, case):
     message = str(error.value)
     assert expected in message
     assert "\n" not in message and message.startswith("config: ")
+
+
+def numbers(value, where=()):
+    """(path, number) of every int and float of the config (not booleans)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from numbers(item, (*where, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from numbers(item, (*where, i))
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield where, value
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")], ids=[".nan", ".inf", "-.inf"])
+def test_every_number_must_be_finite(config, bad):
+    """Anywhere a number goes, .nan / .inf / -.inf is refused with one line naming that place (before: a NaN
+    guidance scale built black images and exited 0)."""
+    places = list(numbers(config))
+    assert len(places) > 50
+    for path, _ in places:
+        broken = copy.deepcopy(config)
+        parent = broken
+        for key in path[:-1]:
+            parent = parent[key]
+        parent[path[-1]] = bad
+        with pytest.raises(post_config.ConfigError) as error:
+            post_config.check(broken, ROOT)
+        message = str(error.value)
+        assert message.startswith(f"config: at {'/'.join(map(str, path))}: ") and "write a finite number" in message
+        with pytest.raises(post_config.ConfigError, match="is not of type"):  # the schema alone refuses it too
+            post_config.check_schema(broken)
+
+
+def test_a_limit_is_lifted_in_the_config(config):
+    figure(config, "cfg_samples").update(count=100, stride=3)
+    for limit in ("images", "steps"):
+        with pytest.raises(post_config.ConfigError, match=f"limits: {{{limit}: "):
+            post_config.check(config, ROOT)
+        config.setdefault("limits", {})[limit] = 1000
+    post_config.check(config, ROOT)
+    assert post_config.limits(config) == {"images": 1000, "steps": 1000}
+
+
+def test_shipped_figures_are_inside_the_limits(config):
+    """The default limits leave room above the post's own figures (a student may add a few images or steps)."""
+    specs = [post_config.resolve(config, name) for name in post_config.figure_table(config)]
+    images = max(post_config.sampled_images(s)[0] for s in specs if post_config.sampled_images(s))
+    steps = max(len(post_config.timesteps(s)) for s in specs)
+    limits = post_config.limits(config)
+    assert 2 * images <= limits["images"] and 2 * steps <= limits["steps"]
+
+
+@pytest.mark.parametrize("text, bad, message", [
+    ("guidance_scale: 7 ", "guidance_scale: .nan ", "defaults/guidance_scale: .nan (not a number)"),
+    ("timesteps: [250, 500, 750]", "timesteps: [250, .inf, 750]", "figures/denoising/forward/timesteps/1: .inf (infinite, or too large for a float)"),
+    ("mask: [2, 20, 24, 42]", "mask: [2, -.inf, 24, 42]", "figures/editing/inpaint_test_image/mask/1: -.inf (infinite, or too large for a float)")],
+    ids=[".nan", ".inf", "-.inf"])
+def test_snakemake_dry_run_refuses_non_finite_numbers(tmp_path, text, bad, message):
+    """The acceptance line: `snakemake -n` exits non-zero with one line, no traceback, and writes nothing."""
+    for name in ("Snakefile", "workflow", "profiles", "templates", "site", "src"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    shipped = (ROOT / "config.yaml").read_text()
+    assert shipped.count(text) == 1
+    (tmp_path / "config.yaml").write_text(shipped.replace(text, bad))
+    before = sorted(tmp_path.rglob("*"))
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-n"], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode != 0
+    lines = [line for line in run.stderr.splitlines() if not line.startswith("Using workflow specific profile")]
+    assert lines == [f"Error: config: at {message}: write a finite number there"], run.stderr
+    assert sorted(tmp_path.rglob("*")) == before
 
 
 def test_snakemake_stops_on_bad_config_before_any_job(tmp_path, config):

@@ -120,6 +120,15 @@ CONFIG_CASES = {
                                        {}, "local model folder './models/IF-I-L' not found"),
     "caption-of-no-input": (lambda c: c["backend"].update(input_captions={"own_imag_1": "photo of a bicycle"}), {},
                             "backend/input_captions/own_imag_1: not a key of inputs"),
+    "guidance-scale-nan": (set_figure("samples", guidance_scale=float("nan")), {}, "guidance_scale: .nan (not a number)"),
+    "default-guidance-scale-inf": (lambda c: c["defaults"].update(guidance_scale=float("inf")), {}, "defaults/guidance_scale: .inf"),
+    "sigma-minus-inf": (set_figure("blur", sigma=float("-inf")), {}, "blur/sigma: -.inf (infinite, or too large for a float)"),
+    "training-lr-nan": (lambda c: c.update(training={"lr": float("nan")}), {}, "at training/lr: .nan"),
+    "guidance-scale-1e30": (set_figure("samples", guidance_scale=1e30), {}, "greater than the maximum of 100"),
+    "sigma-1e-200": (set_figure("blur", sigma=1e-200), {}, "less than the minimum of 0.01"),
+    "kernel-wider-than-image": (set_figure("blur", kernel_size=129), {}, "kernel_size 129 is wider than the 64-px image"),
+    "count-over-limit": (set_figure("samples", count=100000), {}, "100000 images (count 100000), over the limit of 32"),
+    "steps-over-limit": (set_figure("samples", stride=1), {}, "991 steps (start 990, stride 1), over the limit of 250"),
 }
 
 # case id -> (YAML text transformation, expected text)
@@ -128,6 +137,8 @@ YAML_CASES = {
                                                         "      prompt: a dog\n", 1), "duplicate key 'samples'"),
     "yaml-syntax-error": (lambda text: text.replace("seed: 100", "seed: [100"), "YAML syntax error"),
     "yaml-tab-indentation": (lambda text: text.replace("  name: tiny", "\tname: tiny"), "YAML syntax error"),
+    "yaml-nan": (lambda text: text.replace("guidance_scale: 7", "guidance_scale: .NaN"), "defaults/guidance_scale: .nan"),
+    "yaml-number-too-large": (lambda text: text.replace("sigma: 2.0", "sigma: 1.0e+400"), "blur/sigma: .inf (infinite, or too large for a float)"),
 }
 
 
@@ -195,7 +206,8 @@ def test_bad_yaml_through_the_cli(case, tmp_path):
     path = tmp_path / "config.yaml"
     good = yaml.safe_dump(BASE, sort_keys=False)
     assert_one_line(err, expected)
-    assert re.search(r"line \d+", err), err
+    if case.startswith(("duplicate", "yaml-syntax", "yaml-tab")):  # what the parser finds is named by its line
+        assert re.search(r"line \d+", err), err
     if case == "yaml-syntax-error":
         assert re.search(r"line \d+, column \d+", err), err
     path.write_text(good)
@@ -231,6 +243,25 @@ def test_every_template_renders_every_short_schedule(start, stride):
     assert "{{" not in text and "<<" not in text
     assert f"the {steps} timesteps {', '.join(map(str, schedule))}" in text
     assert f"{steps} evenly spaced timesteps (" in text
+
+
+def test_make_result_refuses_non_finite_parameters_and_results(tmp_path):
+    """What reaches the sampling code without config.load (a script, a benchmark) is checked too: a parameter that is
+    not finite stops before the model loads, and a result holding NaN (a guidance scale of 1e30 overflows float32)
+    is not written."""
+    from diffusion_post.build import make_result
+
+    config = project_config(ROOT / ".cache")
+    spec = {**post_config.resolve(config, "samples"), "count": 1, "num_inference_steps": 3}
+    backend = post_config.figure_backend(config, spec)
+    output = tmp_path / "samples.safetensors"
+    with pytest.raises(ValueError, match=r"at figures/samples/guidance_scale: \.nan \(not a number\)"):
+        make_result("samples", {**spec, "guidance_scale": float("nan")}, backend, {}, None, str(output))
+    with pytest.raises(ValueError, match="sampling gave NaN or infinite values in its images, so nothing was written"):
+        make_result("samples", {**spec, "guidance_scale": 1e30}, backend, {}, None, str(output))
+    assert list(tmp_path.iterdir()) == []
+    make_result("samples", spec, backend, {}, None, str(output))  # recovery: a finite scale samples
+    assert output.is_file()
 
 
 # --- images: one loader for inputs and image sets -----------------------------------------------------------------
@@ -310,6 +341,11 @@ def _text_as_png(path: Path) -> None:
     path.write_text("hello")
 
 
+def _nan_config(path: Path) -> None:
+    write_config(path.parent, BASE).rename(path)
+    path.write_text(path.read_text().replace("guidance_scale: 7", "guidance_scale: .nan"))
+
+
 # case id -> (argv with {file} for the prepared file, preparation of {file} or None, expected text)
 CLI_CASES = {
     "describe-not-a-png": (["describe", "{file}"], _text_as_png, "is not a readable PNG"),
@@ -328,6 +364,7 @@ CLI_CASES = {
                                       "but DeepFloyd/IF-I-L-v1.0 makes (77, 4096)"),
     "check-config-folder": (["check-config", "{dir}"], None, ".: is a directory: check the path"),
     "figure-unknown-name": (["figure", "no_such_figure"], None, "no figure 'no_such_figure'"),
+    "figure-with-nan-guidance": (["figure", "samples", "--config", "{file}"], _nan_config, "at defaults/guidance_scale: .nan"),
 }
 
 
@@ -670,7 +707,9 @@ def test_hostile_prompts_are_shown_literally(project):
     assert all(re.fullmatch(r"(\.\./)*assets/figures/[\w/.-]+", src) for src in facts["images"]), facts["images"]
     assert not any("PWNED" in s or "onerror" in s for s in facts["scripts"])
     layout_scripts = sum(p.read_text().count("<script") for p in (project / "site" / "_layouts").glob("*.html"))
-    assert len(facts["scripts"]) == layout_scripts, facts["scripts"]
+    # besides the layouts' scripts, only those MathJax's loader adds from its own folder (the font's data on demand)
+    mathjax_loaded = [s for s in facts["scripts"] if s.startswith(f"{base}/assets/mathjax/")]
+    assert len(facts["scripts"]) - len(mathjax_loaded) == layout_scripts, facts["scripts"]
     assert not facts["js_errors"], facts["js_errors"]
     assert facts["h1"] == title
     (caption,) = [c for c in facts["captions"] if c.startswith("Stage I, 64 px")]

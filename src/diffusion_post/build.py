@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from . import __version__, figures
+from .config import check_finite
 from .spec import timesteps
 from .backends import load_backend
 from .files import atomic_path
@@ -19,8 +20,10 @@ SAMPLED_MESSAGE = "diffusion-post: sampled"
 def make_result(name: str, spec: dict, backend: dict, inputs: dict[str, str], source: str | None, output: str,
                 progress: bool = False) -> None:
     """Sample one figure: resolved parameters in, a results/<name>.safetensors out (written atomically); logs
-    SAMPLED_MESSAGE with the seconds it took (a model load included, where this call made one)."""
+    SAMPLED_MESSAGE with the seconds it took (a model load included, where this call made one). Refuses a number
+    that is not finite among the parameters, and a result that is not finite (nothing is written then)."""
     start = time.perf_counter()
+    check_finite({"figures": {name: spec}, "backend": backend})
     cascade = load_backend(backend)
     size = cascade.stage_1.sample_size
     ctx = figures.Context(
@@ -29,6 +32,10 @@ def make_result(name: str, spec: dict, backend: dict, inputs: dict[str, str], so
         source=load_result(source)[0] if source else None,
     )
     tensors = figures.make(ctx)
+    broken = [key for key, tensor in tensors.items() if tensor.is_floating_point() and not tensor.isfinite().all()]
+    if broken:
+        raise ValueError(f"figure {name}: sampling gave NaN or infinite values in its {broken[0]}, so nothing was written: "
+                         f"look for an extreme value among its parameters (guidance_scale, sigma, the backend's temperatures)")
     parameters = {"figure": name, **spec, "timesteps_sampled": timesteps(spec), "models": cascade.description,
                   "input_files": {key: file_record(path) for key, path in inputs.items()}, "diffusion_post": __version__,
                   "torch_threads": torch.get_num_threads()}  # CPU kernels' results depend on it (bench_reproducibility)

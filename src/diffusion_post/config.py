@@ -1,9 +1,11 @@
 """config.yaml: validation (JSON schema, then the checks a schema cannot express) and each figure's resolved
 parameters. Every problem is one line that says what is wrong and what to do."""
 
+import functools
+import math
 import unicodedata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import jsonschema
 import yaml
@@ -13,6 +15,7 @@ from .spec import COMPONENTS, STAGE_1_SIZE, timesteps
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 BUILTIN = "builtin:"
+STAGE_2_SIZES = {"trained": 128}  # stage II's image side where it is not IF-II's 256
 UPSAMPLABLE = ("text_to_image", "sample", "anagram", "hybrid")
 CONTROL_NAMES = {"\n": "line feed", "\r": "carriage return", "\t": "tab", "\x1b": "escape", "\x00": "null"}
 NO_SCHEDULE = ("forward", "blur", "one_step")  # techniques that never step along a schedule
@@ -61,13 +64,40 @@ def load(path: Path | str) -> dict:
     return config
 
 
+@functools.cache
+def _schema(schema_path: Path = SCHEMA) -> dict:
+    return yaml.safe_load(schema_path.read_text())
+
+
+# The schema's `number` is a finite one: YAML's .nan, .inf and -.inf would pass every bound of JSON Schema.
+_FINITE_NUMBERS = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+    "number", lambda _, value: isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
+_Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=_FINITE_NUMBERS)
+
+
 def check_schema(config: Any, schema_path: Path = SCHEMA) -> None:
-    schema = yaml.safe_load(schema_path.read_text())
-    validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+    validator = _Validator(_schema(schema_path), format_checker=jsonschema.FormatChecker())
     error = jsonschema.exceptions.best_match(validator.iter_errors(config))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "top level"
         raise ConfigError(f"config: at {where}: {error.message}")
+
+
+def limits(config: dict) -> dict[str, int]:
+    """config.yaml's `limits`, over their defaults in the schema: what a figure may ask for before it is refused as
+    a probable typo (e.g. count: 100000)."""
+    defaults = {key: value["default"] for key, value in _schema()["properties"]["limits"]["properties"].items()}
+    return defaults | config.get("limits", {})
+
+
+def sampled_images(spec: dict) -> tuple[int, str] | None:
+    """How many images a figure samples and the key that says so; None where its source's images decide (upsample,
+    blur, one_step, iterative_levels) or it makes one (iterative, inpaint)."""
+    key = {"text_to_image": "prompts", "sdedit": "i_starts", "forward": "timesteps", "sample": "count",
+           "anagram": "count", "hybrid": "count"}.get(spec["technique"])
+    if key is None:
+        return None
+    return (spec[key] if key == "count" else len(spec[key])), key
 
 
 def figure_table(config: dict) -> dict[str, tuple[str, dict]]:
@@ -222,22 +252,40 @@ def input_files(config: dict, spec: dict, results: str = "results") -> dict[str,
     return files
 
 
+def _walk(value: Any, where: str = "") -> Iterator[tuple[str, Any]]:
+    """(where, item) for every key and every value of the config, a key at the place of its mapping."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield where, key
+            yield from _walk(item, f"{where}/{key}" if where else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _walk(item, f"{where}/{i}")
+    else:
+        yield where, value
+
+
 def check_text(value: Any, where: str = "") -> None:
     """Every key and string of the config on one line: no control characters (a newline in a prompt would end
     its caption and start markdown of its own), no line or paragraph separators."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            check_text(key, where)
-            check_text(item, f"{where}/{key}" if where else str(key))
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            check_text(item, f"{where}/{i}")
-    elif isinstance(value, str):
-        bad = next((c for c in value if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+    for place, item in _walk(value, where):
+        if not isinstance(item, str):
+            continue
+        bad = next((c for c in item if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
         if bad is not None:
             name = CONTROL_NAMES.get(bad) or unicodedata.name(bad, "control character").lower()
-            raise ConfigError(f"config: at {where or 'top level'}: {value[:40]!r} contains U+{ord(bad):04X} ({name}): "
+            raise ConfigError(f"config: at {place or 'top level'}: {item[:40]!r} contains U+{ord(bad):04X} ({name}): "
                               f"write it on one line, without control characters")
+
+
+def check_finite(value: Any, where: str = "") -> None:
+    """Every number of the config finite, wherever it is (a key added later too): YAML reads .nan, .inf and -.inf
+    (and 1.0e+400) as floats that pass every comparison a schema or a check makes, and would sample black images."""
+    for place, item in _walk(value, where):
+        if isinstance(item, float) and not math.isfinite(item):
+            spelled = (".nan (not a number)" if math.isnan(item)
+                       else f"{'-' if item < 0 else ''}.inf (infinite, or too large for a float)")
+            raise ConfigError(f"config: at {place or 'top level'}: {spelled}: write a finite number there")
 
 
 def check_input(key: str, value: str, root: Path) -> None:
@@ -295,6 +343,7 @@ def _check_metrics(config: dict, table: dict) -> None:
 
 def check(config: Any, root: Path = Path(".")) -> None:
     """Raise ConfigError with one line for the first problem found."""
+    check_finite(config)
     check_schema(config)
     check_text(config)
     for key, value in config["inputs"].items():
@@ -349,9 +398,24 @@ def _check_mask_file(where: str, mask: str, config: dict, root: Path) -> None:
         raise ConfigError(f"{where}: mask {mask!r} has no white pixel (white = new content): nothing would be inpainted")
 
 
+def _over_limit(where: str, what: str, value: int, cause: str, config: dict) -> None:
+    limit = limits(config)[what]
+    if value > limit:
+        raise ConfigError(f"{where}: {value} {what} ({cause}), over the limit of {limit} (limits/{what}, a guard against "
+                          f"typos that start hours of sampling): use fewer, or raise it in config.yaml if you mean it: "
+                          f"limits: {{{what}: {value}}}")
+
+
 def _check_figure(where: str, spec: dict, table: dict, config: dict, root: Path = Path(".")) -> None:
     technique = spec["technique"]
     steps = timesteps(spec)
+    images = sampled_images(spec)
+    if images is not None:
+        count, key = images
+        _over_limit(where, "images", count, f"count {count}" if key == "count" else f"{count} {key}", config)
+    if technique not in NO_SCHEDULE:
+        _over_limit(where, "steps", len(steps), f"num_inference_steps {spec['num_inference_steps']}" if spec.get(
+            "num_inference_steps") else f"start {spec['start']}, stride {spec['stride']}", config)
     if len(steps) < 2 and technique not in NO_SCHEDULE:
         if spec.get("num_inference_steps"):
             raise ConfigError(f"{where}: num_inference_steps {spec['num_inference_steps']} gives one timestep: use 2 or more")
@@ -382,6 +446,10 @@ def _check_figure(where: str, spec: dict, table: dict, config: dict, root: Path 
                               f"0 <= top < bottom <= {STAGE_1_SIZE} and 0 <= left < right <= {STAGE_1_SIZE}")
     if "kernel_size" in spec and spec["kernel_size"] % 2 == 0:
         raise ConfigError(f"{where}: kernel_size {spec['kernel_size']} must be odd")
+    side = STAGE_2_SIZES.get(config["backend"]["name"], 256) if technique == "upsample" else STAGE_1_SIZE
+    if spec.get("kernel_size", 0) > 2 * side - 1:  # the blur pads by kernel_size // 2, reflecting inside the image
+        raise ConfigError(f"{where}: kernel_size {spec['kernel_size']} is wider than the {side}-px image it blurs "
+                          f"allows: use at most {2 * side - 1}")
     if technique == "anagram" and len(spec["views"]) != len(spec["prompts"]):
         raise ConfigError(f"{where}: anagram needs one prompt per view: got {len(spec['prompts'])} prompts, {len(spec['views'])} views")
     if technique == "hybrid":

@@ -1,7 +1,8 @@
 """The Jekyll site around the post: offline MathJax, the post's figures, `jekyll build`.
 
-- `install_mathjax(site_dir)` copies the few MathJax 3 files that `tex-chtml.js` needs into
-  `site/assets/mathjax/` (from `npm pack mathjax@3`, cached), so the page needs no CDN.
+- `install_mathjax(site_dir)` copies the MathJax 4 files that `tex-chtml.js` loads, and its font, into
+  `site/assets/mathjax/` (from `npm pack mathjax@4` and `@mathjax/mathjax-newcm-font`, cached), so the page
+  needs no CDN.
 - `publish_figures(files, dest)` makes `site/assets/figures/` hold exactly the post's images: the figures
   and the frames of the interactive figures (`figures/NAME/frame-K.png` -> `assets/figures/NAME/frame-K.png`).
 - `build_site(site_dir)` runs Debian's `jekyll build` (no Gemfile, no bundler); `baseurl` overrides the
@@ -51,13 +52,24 @@ _APT_HINT = "run scripts/install_system_deps.sh (apt-get install jekyll)"
 # MathJax, served from the site itself
 # --------------------------------------------------------------------------------------------
 
-# Files of the npm package (under package/es5/ unless noted) that tex-chtml needs, and where they
-# go under assets/mathjax/. MathJax finds fonts and extensions relative to its script's URL.
+MATHJAX_VERSION = "4"  # npm `mathjax@4`: its CommonHTML output breaks long display equations to fit the column
+FONT_PACKAGE = "@mathjax/mathjax-newcm-font"  # MathJax 4's default font, in the version MathJax depends on
+
+# Files of the npm packages that the page loads, and where they go under assets/mathjax/. MathJax finds its
+# extensions, menu and speech files relative to its script ([mathjax]/...), and its font under [fonts], which the
+# layout points at [mathjax]/fonts (by default MathJax 4 fetches fonts from a CDN).
 _MATHJAX_FILES = {
-    "es5/tex-chtml.js": "tex-chtml.js",  # TeX input + CommonHTML output + menu, one file
-    "es5/output/chtml/fonts/woff-v2/": "output/chtml/fonts/woff-v2/",  # loaded by CSS at run time
-    "es5/input/tex/extensions/": "input/tex/extensions/",  # autoloaded (\boldsymbol, \cancel, ...)
-    "LICENSE": "LICENSE",
+    "mathjax": {
+        "tex-chtml.js": "tex-chtml.js",  # TeX input + CommonHTML output + menu + explorer + the font's metrics
+        "input/tex/extensions/": "input/tex/extensions/",  # autoloaded (\boldsymbol, \cancel, ...)
+        "a11y/": "a11y/", "ui/": "ui/",  # loaded when a reader turns on a menu option
+        "sre/speech-worker.js": "sre/speech-worker.js", "sre/mathmaps/": "sre/mathmaps/",  # speech, every language
+        "LICENSE": "LICENSE",
+    },
+    FONT_PACKAGE: {
+        "chtml/woff2/": "fonts/mathjax-newcm-font/chtml/woff2/",  # the glyphs, loaded by CSS at run time
+        "chtml/dynamic/": "fonts/mathjax-newcm-font/chtml/dynamic/",  # metrics of rarer characters, loaded on demand
+    },
 }
 _MATHJAX_STAMP = ".installed.json"
 
@@ -76,79 +88,95 @@ def _version_key(path: Path) -> tuple:
     return tuple(int(n) for n in numbers)
 
 
-def _mathjax_tarball(version: str, cache_dir: Path) -> Path:
-    """The cached `npm pack mathjax@<version>` tarball, fetched with npm when not cached yet."""
+def _npm_tarball(package: str, version: str, cache_dir: Path) -> Path:
+    """The cached `npm pack <package>@<version>` tarball (version: exact, or a major like "4": its newest release),
+    fetched with npm when not cached yet."""
     npm_dir = cache_dir / "npm"
-    pattern = f"mathjax-{version}.tgz" if version.count(".") == 2 else f"mathjax-{version}.*.tgz"
+    stem = package.lstrip("@").replace("/", "-")  # npm pack's file name: @scope/name -> scope-name-X.Y.Z.tgz
+    pattern = f"{stem}-{version}.tgz" if version.count(".") == 2 else f"{stem}-{version}.*.tgz"
     cached = sorted(npm_dir.glob(pattern), key=_version_key)
     if cached:
         return cached[-1]
     npm = _require_tool(["npm"], "install Node.js/npm (scripts/install_system_deps.sh) to fetch MathJax")
     npm_dir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(
-        [npm, "pack", f"mathjax@{version}", "--silent", "--pack-destination", str(npm_dir)],
+        [npm, "pack", f"{package}@{version}", "--silent", "--pack-destination", str(npm_dir)],
         capture_output=True, text=True, timeout=300,
     )
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise SiteToolError(f"npm pack mathjax@{version} failed: {last}")
+        raise SiteToolError(f"npm pack {package}@{version} failed: {last}")
     name = proc.stdout.strip().splitlines()[-1].strip()
     tarball = npm_dir / name
     if not tarball.is_file():
-        raise SiteToolError(f"npm pack mathjax@{version} did not write {tarball}")
+        raise SiteToolError(f"npm pack {package}@{version} did not write {tarball}")
     return tarball
+
+
+def _unpack(tarball: Path, files: dict[str, str], staging: Path) -> dict:
+    """Copy `files` (package path or folder/ -> path under `staging`) out of an npm tarball; returns its package.json."""
+    manifest: dict = {}
+    with tarfile.open(tarball, "r:gz") as tar:
+        for member in tar.getmembers():
+            if not member.isfile() or not member.name.startswith("package/"):
+                continue
+            name = member.name[len("package/"):]
+            if name == "package.json":
+                manifest = json.load(tar.extractfile(member))
+            for src, dst in files.items():
+                if name == src or (src.endswith("/") and name.startswith(src)):
+                    target = staging / (dst + name[len(src):])
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(tar.extractfile(member).read())
+    missing = [dst for dst in files.values() if not (staging / dst).exists()]
+    if missing:
+        raise SiteToolError(f"{tarball.name} lacks {', '.join(missing)}: not the package this site expects")
+    return manifest
 
 
 def install_mathjax(
     site_dir: str | os.PathLike,
     *,
-    version: str = "3",
+    version: str = MATHJAX_VERSION,
     cache_dir: str | os.PathLike | None = None,
     force: bool = False,
 ) -> Path:
-    """Copy MathJax `version`'s tex-chtml bundle into `site_dir/assets/mathjax/`; returns that folder.
+    """Copy MathJax `version`'s tex-chtml component, with its font, into `site_dir/assets/mathjax/`; returns that
+    folder.
 
-    Idempotent: returns at once when the same version spec is installed. The npm tarball is cached
-    under `cache_dir` (default `$DIFFUSION_POST_CACHE` or `~/.cache/diffusion_post`), so npm
-    (and the registry) is needed only the first time. About 2 MB on disk.
+    Idempotent: returns at once when the same version spec is installed. The npm tarballs (`mathjax`, and the font
+    package in the version its package.json asks for) are cached under `cache_dir` (default `$DIFFUSION_POST_CACHE`
+    or `~/.cache/diffusion_post`), so npm (and the registry) is needed only the first time. About 9 MB on disk,
+    4 of them the speech rules of MathJax's menu in 16 languages.
     """
     dest = Path(site_dir) / "assets" / "mathjax"
     stamp = dest / _MATHJAX_STAMP
     if not force and stamp.is_file():
         with contextlib.suppress(ValueError, OSError):
             info = json.loads(stamp.read_text())
-            if info.get("spec") == version and all((dest / p).exists() for p in _MATHJAX_FILES.values()):
+            if info.get("spec") == version and all((dest / p).exists() for f in _MATHJAX_FILES.values() for p in f.values()):
                 return dest
-    tarball = _mathjax_tarball(version, _cache_dir(cache_dir))
+    cache = _cache_dir(cache_dir)
+    tarball = _npm_tarball("mathjax", version, cache)
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".mathjax-", dir=dest.parent))
     try:
-        resolved = None
-        with tarfile.open(tarball, "r:gz") as tar:
-            for member in tar.getmembers():
-                if not member.isfile() or not member.name.startswith("package/"):
-                    continue
-                name = member.name[len("package/"):]
-                if name == "package.json":
-                    resolved = json.load(tar.extractfile(member)).get("version")
-                for src, dst in _MATHJAX_FILES.items():
-                    if name == src or (src.endswith("/") and name.startswith(src)):
-                        target = staging / (dst + name[len(src):])
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        target.write_bytes(tar.extractfile(member).read())
-        missing = [p for p in _MATHJAX_FILES.values() if not (staging / p).exists()]
-        if missing:
-            raise SiteToolError(f"{tarball.name} lacks {', '.join(missing)}: not a MathJax 3 package?")
-        (staging / _MATHJAX_STAMP).write_text(
-            json.dumps({"spec": version, "version": resolved, "tarball": tarball.name}) + "\n")
+        manifest = _unpack(tarball, _MATHJAX_FILES["mathjax"], staging)
+        font_version = manifest.get("dependencies", {}).get(FONT_PACKAGE, "").lstrip("^~=")  # "^4.1.3": 4.1.3
+        if not font_version:
+            raise SiteToolError(f"{tarball.name} names no {FONT_PACKAGE}: not a MathJax 4 package?")
+        font = _npm_tarball(FONT_PACKAGE, font_version, cache)
+        _unpack(font, _MATHJAX_FILES[FONT_PACKAGE], staging)
+        (staging / _MATHJAX_STAMP).write_text(json.dumps(
+            {"spec": version, "version": manifest.get("version"), "tarball": tarball.name, "font": font.name}) + "\n")
         if dest.exists():
             shutil.rmtree(dest)
         staging.rename(dest)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    log.info("MathJax %s installed in %s", resolved, dest)
+    log.info("MathJax %s installed in %s", manifest.get("version"), dest)
     return dest
 
 

@@ -1,5 +1,7 @@
 # The markdown post (Jinja templates) and the Jekyll site.
 
+from diffusion_post.site import MATHJAX_VERSION  # torch-free
+
 POST = f"site/_posts/{config['post']['date']}-implementing-diffusion-models.md"
 TEMPLATES = sorted(str(p) for p in Path("templates").rglob("*.j2"))
 SITE_SOURCES = sorted(str(p) for p in Path("site").rglob("*") if p.is_file() and p.parts[1] in ("_layouts", "_includes", "_config.yml", "index.md", "assets") and "figures" not in p.parts and "mathjax" not in p.parts)
@@ -27,13 +29,15 @@ rule post:
 
 
 rule mathjax:
-    """MathJax 3, served by the site itself (from the npm registry, once)."""
+    """MathJax 4 and its font, served by the site itself (from the npm registry, once)."""
     output:
         "site/assets/mathjax/tex-chtml.js",
+    params:
+        version=MATHJAX_VERSION,  # a site built with MathJax 3 installs again
     run:
         from diffusion_post import site
 
-        site.install_mathjax("site")
+        site.install_mathjax("site", version=params.version)
 
 
 rule site:
