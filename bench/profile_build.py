@@ -45,7 +45,7 @@ PARTS = [
     ("the post (Jinja)", r"\(.*post\.py"),
     ("the site (publish, start jekyll)", r"\(.*site\.py"),
     ("reading and writing results", r"\(.*images\.py|safetensors"),
-    ("importing modules", r"_find_and_load|<module>"),
+    ("importing modules", r"_find_and_load"),
 ]
 
 
@@ -62,15 +62,32 @@ def record(work: Path, rate: int) -> tuple[float, float, str]:
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), raw.read_text()
 
 
+WAITING = re.compile(r"^(Condition\.wait|Event\.wait|Thread\.join|_wait_for_tstate_lock|.*\.select|.*sleep|"
+                     r"Popen\.communicate|Popen\._communicate|Popen\.wait|Popen\._try_wait) ")
+
+
+def rule_of(frames: list[str]) -> str | None:
+    """The rule a job thread's stack runs: Snakemake compiles `run:` blocks to functions __rule_NAME, and names the
+    rules made in loops (sample_<section>, figure_<name>) by number, so those go by their rules file."""
+    for frame in frames:
+        if match := re.search(r"__rule_(\w+) \(.*?(\w+\.smk)", frame):
+            name, rules_file = match.groups()
+            return {"sampling.smk": "sample_<section>", "figures.smk": "figure_<name> (interactive figures)"}.get(
+                rules_file, rules_file) if name.isdigit() else name
+    return None
+
+
 def tables(raw: str, rate: int) -> tuple[dict[str, float], dict[str, float]]:
-    """Seconds by rule and by part, from py-spy's collapsed stacks ("frame;frame;... count", outermost first)."""
+    """Seconds by rule and by part, from py-spy's collapsed stacks ("frame;frame;... count", outermost first), leaving
+    out threads that wait (Snakemake's timers, the scheduler waiting for jobs, a job waiting for jekyll)."""
     by_rule, by_part = collections.Counter(), collections.Counter()
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
-        frames = stack.split(";")
+        frames = [f for f in stack.split(";") if f]
+        if not frames or WAITING.match(frames[-1]):
+            continue
         seconds = int(count) / rate
-        rule = next((m.group(1) for f in frames if (m := re.search(r"__rule_(\w+) \(", f))), None)
-        by_rule[rule or "(Snakemake: start, parse, DAG, scheduling)"] += seconds
+        by_rule[rule_of(frames) or "(Snakemake: start, parse, DAG, scheduling)"] += seconds
         part = next((label for f in reversed(frames) for label, pattern in PARTS if re.search(pattern, f)), None)
         by_part[part or ("Snakemake's own code" if any("snakemake" in f for f in frames) else "other")] += seconds
     return dict(by_rule), dict(by_part)
