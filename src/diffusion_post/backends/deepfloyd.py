@@ -123,7 +123,7 @@ def t5_encoder(model_id: str, device: torch.device, mode: str = "auto") -> Encod
     @torch.no_grad()
     def encode(prompts: Sequence[str]) -> Tensor:
         tokens = tokenizer([p.lower().strip() for p in prompts], padding="max_length", max_length=MAX_TOKENS,
-                           truncation=True, add_special_tokens=True, return_tensors="pt").to(device)
+                           truncation=True, add_special_tokens=True, return_tensors="pt").to(text_encoder.device)
         return text_encoder(tokens.input_ids, attention_mask=tokens.attention_mask)[0]
 
     return encode
