@@ -118,6 +118,7 @@ CONFIG_CASES = {
     "mask-wrong-length": (set_figure("inpaint", mask=[1, 2, 3]), {}, "at figures/editing/inpaint/mask"),
     "deepfloyd-local-folder-missing": (lambda c: c["backend"].update(name="deepfloyd", stage_1="./models/IF-I-L", stage_2=None),
                                        {}, "local model folder './models/IF-I-L' not found"),
+    "t5-8bit-without-bitsandbytes": (lambda c: c["backend"].update(t5="8bit"), {}, "t5: 8bit needs bitsandbytes"),
     "caption-of-no-input": (lambda c: c["backend"].update(input_captions={"own_imag_1": "photo of a bicycle"}), {},
                             "backend/input_captions/own_imag_1: not a key of inputs"),
 }
@@ -325,7 +326,7 @@ CLI_CASES = {
     "import-embeddings-wrong-shape": (["import-embeddings", "{file}", "--cache-dir", "{dir}/cache"], _embeddings((1, 10, 4096)),
                                       "expected float (1, 77, D)"),
     "import-embeddings-wrong-width": (["import-embeddings", "{file}", "--cache-dir", "{dir}/cache"], _embeddings((1, 77, 32)),
-                                      "but DeepFloyd/IF-I-L-v1.0 makes (77, 4096)"),
+                                      "but DeepFloyd/t5-v1_1-xxl makes (77, 4096)"),
     "check-config-folder": (["check-config", "{dir}"], None, ".: is a directory: check the path"),
     "figure-unknown-name": (["figure", "no_such_figure"], None, "no figure 'no_such_figure'"),
 }
