@@ -49,14 +49,14 @@ def _load(loader, model_id: str, **kwargs):
 
 
 def _load_weights(loader, model_id: str, subfolder: str, dtype: torch.dtype, **kwargs):
-    """A model in half precision from its fp16 weight files (half the download), else from its default files cast
-    on loading (a local fp32 folder such as the tiny models has no fp16 variant)."""
-    if dtype in (torch.float16, torch.bfloat16):
-        try:
-            return _load(loader, model_id, subfolder=subfolder, variant="fp16", dtype=dtype, **kwargs)
-        except ModelUnavailable:
-            pass
-    return _load(loader, model_id, subfolder=subfolder, dtype=dtype, **kwargs)
+    """A model in `dtype` from the weight files that match it: the fp16 files (half the download) for half precision,
+    the default files for float32; the other kind where a folder has only that (the tiny models have no fp16 files,
+    a folder of fp16 files serves the CPU too)."""
+    variants = ["fp16", None] if dtype in (torch.float16, torch.bfloat16) else [None, "fp16"]
+    try:
+        return _load(loader, model_id, subfolder=subfolder, variant=variants[0], dtype=dtype, **kwargs)
+    except ModelUnavailable:
+        return _load(loader, model_id, subfolder=subfolder, variant=variants[1], dtype=dtype, **kwargs)
 
 
 def _no_cuda_reason() -> str:
