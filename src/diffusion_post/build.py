@@ -1,4 +1,4 @@
-"""What the workflow's sampling rules call."""
+"""What the workflow's encoding and sampling rules call."""
 
 import hashlib
 import json
