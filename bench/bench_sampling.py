@@ -24,30 +24,13 @@ import torch
 from diffusion_post import guidance, techniques
 from diffusion_post.backends.deepfloyd import IFDenoiser, load_cascade
 from diffusion_post.backends.tiny import make_tiny_if
+from diffusion_post.full_size import build as build_full_size, stage_1_config
 from diffusion_post.randomness import image_generators, image_seed
 from diffusion_post.sampling import Thresholding
 from diffusion_post.schedule import strided_timesteps
 from diffusion_post.views import get_view
 
 VIEWS = ("identity", "flip", "rotate_cw")
-
-
-def if_stage_1_config(arch: str) -> dict:
-    """UNet2DConditionModel config of DeepFloyd IF stage I. IF-I-XL is the published config (REFERENCE §3, its
-    unet/config.json). IF-I-L: ASSUMED the same architecture at model_channels 320 (block_out_channels
-    320, 640, 960, 1280; cross-attention width 4 x 320 = 1280, as XL's 2816 = 4 x 704); its config was not
-    available offline. --count-params prints the resulting size (the model card says ~0.9 B)."""
-    channels = {"IF-I-XL": 704, "IF-I-L": 320}[arch]
-    return dict(
-        sample_size=64, in_channels=3, out_channels=6, layers_per_block=3,
-        block_out_channels=[channels, 2 * channels, 3 * channels, 4 * channels],
-        down_block_types=["ResnetDownsampleBlock2D"] + ["SimpleCrossAttnDownBlock2D"] * 3,
-        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
-        up_block_types=["SimpleCrossAttnUpBlock2D"] * 3 + ["ResnetUpsampleBlock2D"],
-        attention_head_dim=64, cross_attention_dim=4 * channels, encoder_hid_dim=4096, encoder_hid_dim_type="text_proj",
-        addition_embed_type="text", addition_embed_type_num_heads=64, cross_attention_norm="group_norm",
-        resnet_time_scale_shift="scale_shift", act_fn="gelu", norm_num_groups=32,
-    )
 
 
 def if_scheduler(max_value: float = 1.5):
@@ -97,7 +80,7 @@ def build(args, workdir: Path):
 
         dtype = torch.float16 if device.type == "cuda" else torch.float32
         with torch.device(device):
-            unet = UNet2DConditionModel(**if_stage_1_config(args.arch))
+            unet = UNet2DConditionModel(**stage_1_config(args.arch))
         unet = unet.to(dtype).eval().requires_grad_(False)
         scheduler = if_scheduler()
         denoiser = IFDenoiser(unet, scheduler.alphas_cumprod, prompts=None, description={"stage_1": f"random {args.arch}"})
@@ -158,13 +141,9 @@ def main(argv=None) -> None:
     parser.add_argument("--count-params", action="store_true", help="build --arch on the meta device, print its size, exit")
     args = parser.parse_args(argv)
 
-    if args.count_params:
-        from diffusers import UNet2DConditionModel
-
-        with torch.device("meta"):
-            config = if_stage_1_config(args.arch) if args.arch != "tiny" else None
-            unet = UNet2DConditionModel(**config) if config else None
-        if unet is not None:
+    if args.count_params:  # IF-I-XL: the published config; IF-I-L: ASSUMED (see diffusion_post.full_size)
+        if args.arch != "tiny":
+            unet = build_full_size(args.arch)
             print(f"{args.arch}: {sum(p.numel() for p in unet.parameters()) / 1e9:.2f} B UNet parameters")
         return
     device = torch.device(args.device)

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Issue 10's one device run: train both stages of the `trained` backend on one lent H200 inside its time, return the
 # weights through $OUT (files of <= 15 MiB), print the losses; then the full-size sampling benchmark (IF-I-XL random
-# weights, eager and torch.compile). About 8 minutes of commands, plus the machine's start (15 minutes in all).
+# weights, eager and torch.compile), then the peak GPU memory of cold-cache builds (issue 23: scripts/gpu_memory.py,
+# full-size random-weight T5-XXL, IF-I-L / IF-I-XL and IF-II-L; gpu_memory.json in $OUT). About 8 minutes of
+# commands, plus the machine's start (15 minutes in all). The memory run is capped at GPU_MEMORY_S; on a lent
+# device of its own: run(command="bash scripts/device_train.sh --memory", carry=[".whl"], timeout_s=420).
 #
 # 1. Prepare, here, in the checkout the device tool sends (the lead's):
 #      bash scripts/device_train.sh --prepare    # snakemake data (results/train/data-v2.*, ~2 min CPU) + wheels in .whl/
@@ -19,6 +22,7 @@ BUDGET_1=${BUDGET_1:-140}  # seconds of stage-I training (stops early, at the st
 BUDGET_2=${BUDGET_2:-80}
 BENCH_EAGER_S=${BENCH_EAGER_S:-90}
 BENCH_COMPILE_S=${BENCH_COMPILE_S:-110}
+GPU_MEMORY_S=${GPU_MEMORY_S:-300}
 WHEELS=(diffusers==0.42.1 importlib_metadata==8.7.0)  # not on the device image (its huggingface-hub 1.33 will do)
 
 if [ "${1:-}" = "--prepare" ]; then
@@ -34,15 +38,29 @@ fi
 start=$(date +%s)
 elapsed() { echo "[$(( $(date +%s) - start )) s]"; }
 : "${OUT:?OUT must name the folder for the returned files (the device tool sets it)}"
+install_wheels() {
+    if compgen -G ".whl/*.whl" >/dev/null; then
+        "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+        export PYTHONPATH=/tmp/site
+    fi
+}
+gpu_memory() {
+    echo "$(elapsed) peak GPU memory of cold-cache builds (estimates beside)"
+    timeout "$GPU_MEMORY_S" "$PYTHON" scripts/gpu_memory.py --out "$OUT" 2>&1 | tail -20 \
+        || echo "(memory run stopped: exit $?, limit ${GPU_MEMORY_S} s)"
+}
+if [ "${1:-}" = "--memory" ]; then  # the memory run alone
+    install_wheels
+    export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+    gpu_memory
+    exit 0
+fi
 [ -f "$DATA" ] || { echo "no training data $DATA: run 'bash scripts/device_train.sh --prepare' first and carry it" >&2; exit 2; }
 
 if [ "${DEVICE_TRAIN_DRY:-0}" = "1" ]; then  # the same entry point, a micro model, a few CPU steps
     TRAIN_ARGS=(--device cpu --preset micro --steps-1 3 --steps-2 2 --batch-1 4 --batch-2 2 --size-1 16 --size-2 32)
 else
-    if compgen -G ".whl/*.whl" >/dev/null; then
-        "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-        export PYTHONPATH=/tmp/site
-    fi
+    install_wheels
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
     TRAIN_ARGS=(--device cuda --preset device --steps-1 20000 --steps-2 20000 --batch-1 256 --batch-2 128
                 --budget-1 "$BUDGET_1" --budget-2 "$BUDGET_2")
@@ -58,6 +76,7 @@ echo "$(elapsed) trained; weights and loss curve in \$OUT"
 
 if [ "${DEVICE_TRAIN_DRY:-0}" = "1" ]; then
     "$PYTHON" bench/bench_sampling.py --arch IF-I-XL --count-params  # the benchmark's full-size config builds
+    "$PYTHON" scripts/gpu_memory.py --dry-run  # the memory run's full-size configs and estimates
     echo "$(elapsed) dry run done (no benchmark on the CPU)"
     exit 0
 fi
@@ -73,4 +92,5 @@ fi
     timeout "$BENCH_COMPILE_S" "$PYTHON" bench/bench_sampling.py --device cuda --arch IF-I-XL --compile --repeats 2 2>&1 \
         || echo "(compiled benchmark stopped: exit $?, limit ${BENCH_COMPILE_S} s)"
 } | tee "$OUT/bench.txt"
+gpu_memory
 echo "$(elapsed) done"

@@ -179,3 +179,171 @@ def test_import_dict_refuses_objects_that_are_not_tensors(tmp_path):
     with pytest.raises(ValueError, match="prompt -> tensor"):
         cache.import_dict(tmp_path / "list.pth")
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.safetensors"))
+
+
+def test_prompt_cache_shared_by_two_threads_loads_its_encoder_once(tmp_path):
+    """Jobs running as threads of one Snakemake process (force-use-threads) share a backend's cache."""
+    import threading
+    import time
+
+    made = []
+
+    def make():
+        made.append(1)
+        time.sleep(0.2)  # a slow load: the other thread asks meanwhile
+        return _CountingEncoder().encode
+
+    cache = PromptCache(tmp_path, "some/encoder", make)
+    results, errors = {}, []
+
+    def job(name):
+        try:
+            cache.encode([PROMPT, "a photo of a dog"])
+            results[name] = cache([PROMPT, "a photo of a dog"])
+        except Exception as error:  # a half-written file read by the other thread, a clash of temporary files
+            errors.append(error)
+
+    threads = [threading.Thread(target=job, args=(k,)) for k in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and len(made) == 1
+    assert torch.equal(results[0], results[1])
+    assert sorted(p.name for p in cache.folder.iterdir()) == sorted(cache.path(p).name for p in [PROMPT, "a photo of a dog"])
+
+
+def test_embeddings_imported_for_if_i_l_serve_an_xl_stage_one_offline(tmp_path, monkeypatch, capsys):
+    """Every IF-I stage uses the same T5: the course's embeddings (imported as IF-I-L's by default) are found with
+    stage_1: IF-I-XL, and T5 is never loaded (offline, it could not be)."""
+    import huggingface_hub.constants
+
+    from diffusion_post import backends
+    from diffusion_post.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(backends, "_PROMPT_CACHES", {})
+    table = {PROMPT: torch.randn(1, MAX_TOKENS, 4096), "": torch.randn(1, MAX_TOKENS, 4096)}
+    torch.save(table, tmp_path / "prompt_embeds_dict.pth")
+    assert main(["import-embeddings", str(tmp_path / "prompt_embeds_dict.pth"), "--cache-dir", str(tmp_path)]) == 0
+    for stage_1 in ("DeepFloyd/IF-I-XL-v1.0", "DeepFloyd/IF-I-M-v1.0"):
+        backend = {"name": "deepfloyd", "stage_1": stage_1, "cache_dir": str(tmp_path), "device": "cpu"}
+        cache = backends.encode_prompts(backend, [PROMPT, ""])  # would load T5 (and fail offline) on a miss
+        assert torch.equal(cache([PROMPT]), table[PROMPT])
+    assert "loading text encoder" not in capsys.readouterr().err
+
+
+def test_deepfloyd_without_a_usable_gpu_stops_with_one_line_unless_cpu_is_asked_for(monkeypatch):
+    from diffusion_post.backends.deepfloyd import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ModelUnavailable) as error:
+        resolve_device(None, "deepfloyd")
+    message = str(error.value)
+    assert "\n" not in message and "needs a CUDA GPU" in message and "device: cpu" in message
+    assert "CPU-only build" in message or "CUDA" in message.split("(", 1)[1]  # why torch finds none
+    assert resolve_device("cpu", "deepfloyd") == torch.device("cpu")  # written on purpose
+    assert resolve_device(None, "tiny") == torch.device("cpu")  # the test models fall back quietly
+
+
+def _pretend_cuda(monkeypatch):
+    """CUDA 'available' on the CPU: Module.to keeps a model where it is."""
+    module_to = torch.nn.Module.to
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *args, **kwargs: module_to(
+        self, *[a for a in args if not (isinstance(a, torch.device) and a.type == "cuda")], **kwargs))
+
+
+def _record_loads(monkeypatch, model_class) -> list[dict]:
+    calls, load = [], model_class.from_pretrained
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(model_class, "from_pretrained", spy)
+    return calls
+
+
+def test_t5_on_a_gpu_asks_for_the_fp16_files_first_then_falls_back(tiny_folders, tmp_path, monkeypatch):
+    from transformers import T5EncoderModel
+
+    from diffusion_post.backends.deepfloyd import t5_prompt_cache
+
+    _pretend_cuda(monkeypatch)
+    calls = _record_loads(monkeypatch, T5EncoderModel)
+    cache = t5_prompt_cache(str(tiny_folders[0]), cache_dir=tmp_path)
+    cache.encode([PROMPT])
+    assert [c.get("variant") for c in calls] == ["fp16", None]  # the tiny folder has no fp16 files
+    assert all(c["dtype"] == torch.float16 for c in calls)
+    assert load_file_dtype(cache.path(PROMPT)) == torch.float16
+
+
+def load_file_dtype(path) -> torch.dtype:
+    from safetensors.torch import load_file
+
+    return load_file(path)["embeds"].dtype
+
+
+def test_t5_cpu_encodes_in_bfloat16_on_the_cpu_beside_a_gpu(tiny_folders, tmp_path, monkeypatch, capsys):
+    from transformers import T5EncoderModel
+
+    from diffusion_post.backends.deepfloyd import t5_prompt_cache
+
+    _pretend_cuda(monkeypatch)
+    calls = _record_loads(monkeypatch, T5EncoderModel)
+    cache = t5_prompt_cache(str(tiny_folders[0]), cache_dir=tmp_path, t5="cpu")
+    cache.encode([PROMPT])
+    assert calls[-1]["dtype"] == torch.bfloat16 and load_file_dtype(cache.path(PROMPT)) == torch.bfloat16
+    assert "on cpu (bfloat16)" in capsys.readouterr().err  # the load line names device and precision
+
+
+def test_t5_8bit_without_bitsandbytes_says_what_to_install(tiny_folders, tmp_path, monkeypatch):
+    import importlib.util
+
+    from diffusion_post import config as post_config
+    from diffusion_post.backends.deepfloyd import t5_prompt_cache
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else find_spec(name, *a))
+    cache = t5_prompt_cache(str(tiny_folders[0]), cache_dir=tmp_path, t5="8bit", device="cuda")
+    with pytest.raises(ModelUnavailable) as error:
+        cache.encode([PROMPT])
+    assert "\n" not in str(error.value) and "pip install 'diffusion-post[t5-8bit]'" in str(error.value)
+    assert not any(tmp_path.rglob("*.safetensors"))
+    root = Path(__file__).resolve().parents[1]
+    config = post_config.load_yaml(root / "config.yaml")
+    config["backend"] = {"name": "tiny", "t5": "8bit"}
+    with pytest.raises(post_config.ConfigError, match=r"t5: 8bit needs bitsandbytes"):  # before any job runs
+        post_config.check(config, root)
+
+
+def test_out_of_gpu_memory_is_one_line_with_what_to_change(tmp_path, monkeypatch):
+    from diffusion_post import build
+
+    def out_of_memory(backend):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
+                                           "capacity of 14.75 GiB of which 1.06 GiB is free.\nmore lines")
+
+    monkeypatch.setattr(build, "load_backend", out_of_memory)
+    with pytest.raises(build.OutOfMemory) as error:
+        build.make_result("cats", {"technique": "sample"}, {"name": "deepfloyd"}, {}, None, str(tmp_path / "cats.safetensors"))
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("out of GPU memory while sampling the figure cats")
+    assert "Tried to allocate 2.00 GiB" in message
+    assert all(advice in message for advice in ("smaller stage I", "t5: cpu or 8bit", "import-embeddings"))
+    assert not (tmp_path / "cats.safetensors").exists()
+
+
+def test_a_stage_one_cascade_never_loads_stage_two(tiny_folders, tmp_path, monkeypatch):
+    from diffusers import UNet2DConditionModel
+
+    calls = []
+    load = UNet2DConditionModel.from_pretrained
+    monkeypatch.setattr(UNet2DConditionModel, "from_pretrained", lambda model_id, **kw: calls.append(Path(model_id).name) or load(model_id, **kw))
+    cascade = load_cascade(str(tiny_folders[0]), str(tiny_folders[1]), device="cpu", cache_dir=tmp_path)
+    assert calls == ["stage_1"]
+    assert cascade.stage_2.denoiser.sample_size == 64 and calls == ["stage_1", "stage_2"]
+    cascade.stage_2
+    assert calls == ["stage_1", "stage_2"]  # once

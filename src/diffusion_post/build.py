@@ -1,20 +1,61 @@
-"""What the workflow's sampling rules call."""
+"""What the workflow's encoding and sampling rules call."""
 
 import hashlib
+import json
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
 from . import __version__, figures
 from .config import check_finite
-from .spec import timesteps
-from .backends import load_backend
+from .spec import encoded_prompts, prompts_of, timesteps
+from .backends import encode_prompts, load_backend
+from .backends.catalog import encodes_prompts
 from .files import atomic_path
 from .images import load_image, load_result, save_result
 
 SAMPLED_MESSAGE = "diffusion-post: sampled"
+MEMORY_ADVICE = ("use a smaller stage I (backend/stage_1: DeepFloyd/IF-I-L-v1.0 or IF-I-M), set backend/t5: cpu or 8bit, "
+                 "or import precomputed embeddings (diffusion-post import-embeddings) so that T5 never loads; the "
+                 "README's 'GPU memory' table says what fits which card")
+
+
+class OutOfMemory(RuntimeError):
+    pass
+
+
+@contextmanager
+def out_of_memory_explained(doing: str) -> Iterator[None]:
+    """A CUDA out-of-memory error as one line: what ran out, and what to change."""
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as error:
+        said = str(error).splitlines()[0][:160] if str(error) else "CUDA out of memory"
+        raise OutOfMemory(f"out of GPU memory while {doing} ({said}): {MEMORY_ADVICE}") from None
+
+
+def encode_figure_prompts(spec: dict, backend: dict) -> None:
+    """Encode the prompts of one figure before its sampling loads a UNet (for a whole build, the workflow's
+    encode_prompt jobs do this), so that the text encoder is released first."""
+    if encodes_prompts(backend):
+        with out_of_memory_explained("encoding prompts"):
+            encode_prompts(backend, encoded_prompts(spec))
+
+
+def encode_prompt(prompt: str, backend: dict, output: str) -> None:
+    """One prompt's embedding in the backend's cache (its text encoder loads on the first prompt not cached yet and
+    stays loaded for the next ones, until a UNet loads), and a record of it at `output`: the encode_prompt job."""
+    with out_of_memory_explained(f"encoding the prompt {prompt[:40]!r}"):
+        cache = encode_prompts(backend, [prompt])
+    embedding = cache.path(prompt)
+    record = {"prompt": prompt, "text_encoder": cache.encoder_name, "embedding": embedding.name,
+              "sha256": hashlib.sha256(embedding.read_bytes()).hexdigest()}
+    with atomic_path(output) as tmp:
+        tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
 
 
 def make_result(name: str, spec: dict, backend: dict, inputs: dict[str, str], source: str | None, output: str,
@@ -24,14 +65,15 @@ def make_result(name: str, spec: dict, backend: dict, inputs: dict[str, str], so
     that is not finite among the parameters, and a result that is not finite (nothing is written then)."""
     start = time.perf_counter()
     check_finite({"figures": {name: spec}, "backend": backend})
-    cascade = load_backend(backend)
-    size = cascade.stage_1.sample_size
-    ctx = figures.Context(
-        cascade=cascade, name=name, spec=spec, progress=progress,
-        images={key: load_image(path, size) for key, path in inputs.items()},
-        source=load_result(source)[0] if source else None,
-    )
-    tensors = figures.make(ctx)
+    with out_of_memory_explained(f"sampling the figure {name}"):
+        cascade = load_backend(backend)
+        size = cascade.stage_1.sample_size
+        ctx = figures.Context(
+            cascade=cascade, name=name, spec=spec, progress=progress,
+            images={key: load_image(path, size) for key, path in inputs.items()},
+            source=load_result(source)[0] if source else None,
+        )
+        tensors = figures.make(ctx)
     broken = [key for key, tensor in tensors.items() if tensor.is_floating_point() and not tensor.isfinite().all()]
     if broken:
         raise ValueError(f"figure {name}: sampling gave NaN or infinite values in its {broken[0]}, so nothing was written: "
@@ -41,7 +83,7 @@ def make_result(name: str, spec: dict, backend: dict, inputs: dict[str, str], so
                   "torch_threads": torch.get_num_threads()}  # CPU kernels' results depend on it (bench_reproducibility)
     weights_of = getattr(cascade.stage_1, "prompt_weights", None)  # the ideal backend: what each prompt picks in its set
     if weights_of is not None and ("prompt" in spec or "prompts" in spec):
-        parameters["prompt_weights"] = weights_of(figures.prompts_of(spec))
+        parameters["prompt_weights"] = weights_of(prompts_of(spec))
     save_result(tensors, output, parameters)
     print(f"{SAMPLED_MESSAGE} {name} in {time.perf_counter() - start:.2f} s", file=sys.stderr, flush=True)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 def _figure(args) -> None:
     from . import config as post_config, layout
-    from .build import make_result, write_builtin_input
+    from .build import encode_figure_prompts, make_result, write_builtin_input
 
     config = post_config.load(args.config)
     if args.backend:
@@ -26,7 +26,9 @@ def _figure(args) -> None:
     if source and not Path(source).exists():
         raise FileNotFoundError(f"figure {args.name} starts from {source}: make it first (diffusion-post figure {spec['source']})")
     result = f"results/{args.name}.safetensors"
-    make_result(args.name, post_config.sampling_spec(spec), post_config.figure_backend(config, spec), inputs, source, result, progress=True)
+    backend = post_config.figure_backend(config, spec)
+    encode_figure_prompts(spec, backend)  # T5 released before the UNets load
+    make_result(args.name, post_config.sampling_spec(spec), backend, inputs, source, result, progress=True)
     output = args.output or f"figures/{args.name}.png"
     layout.figure(result, output)
     print(output)
@@ -53,9 +55,10 @@ def _check_config(args) -> None:
 
 
 def _import_embeddings(args) -> None:
+    from .backends.catalog import text_encoder_key
     from .backends.prompt_cache import PromptCache
 
-    cache = PromptCache(Path(args.cache_dir) / "prompt_embeds", args.text_encoder, lambda: None)
+    cache = PromptCache(Path(args.cache_dir) / "prompt_embeds", text_encoder_key(args.text_encoder), lambda: None)
     print(f"imported {cache.import_dict(args.file)} prompt embeddings into {cache.folder}")
 
 
@@ -83,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = commands.add_parser("import-embeddings", help="import a {prompt: tensor} file (e.g. the course's prompt_embeds_dict.pth)")
     p.add_argument("file")
-    p.add_argument("--text-encoder", default="DeepFloyd/IF-I-L-v1.0", help="the T5 repository the embeddings came from")
+    p.add_argument("--text-encoder", default="DeepFloyd/IF-I-L-v1.0",
+                   help="the T5 the embeddings came from: any IF-I repository (IF-I-M, -L and -XL share one T5), or a folder")
     p.add_argument("--cache-dir", default=".cache")
     p.set_defaults(run=_import_embeddings)
 

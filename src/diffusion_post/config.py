@@ -236,6 +236,16 @@ def input_path(config: dict, key: str, results: str = "results") -> str:
     return f"{results}/inputs/{value[len(BUILTIN):]}.png" if value.startswith(BUILTIN) else value
 
 
+def bitsandbytes_missing() -> str | None:
+    """The one-line error of `t5: 8bit` without its optional dependency, or None when bitsandbytes is installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return ("backend/t5: 8bit needs bitsandbytes, which is not installed: pip install 'diffusion-post[t5-8bit]' "
+                "(or pip install bitsandbytes), or set t5: cpu")
+    return None
+
+
 def looks_local(model_id: str) -> bool:
     """A model given as a local folder rather than a hub id (`org/name`): absolute, starting with . or ~, more or
     less than one level, or an existing folder."""
@@ -357,6 +367,8 @@ def check(config: Any, root: Path = Path(".")) -> None:
         raise ConfigError(f"config: backend/{error}") from None
     if config["backend"]["name"] == "deepfloyd" and not config["backend"].get("stage_1"):
         raise ConfigError("config: backend/stage_1: the deepfloyd backend needs a stage-I model id or folder")
+    if config["backend"].get("t5") == "8bit" and bitsandbytes_missing():
+        raise ConfigError(f"config: {bitsandbytes_missing()}")
     if config["backend"]["name"] == "deepfloyd":
         for key in ("stage_1", "stage_2", "text_encoder"):
             value = config["backend"].get(key)

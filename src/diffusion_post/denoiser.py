@@ -9,7 +9,8 @@ concatenated), `t` an integer timestep, `embeds` (B, ...) the prompt conditionin
 `embed(prompts)`. Everything else (guidance, views, factorizations) wraps this call.
 """
 
-from dataclasses import dataclass, field
+import threading
+from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
 import torch
@@ -39,13 +40,25 @@ class StageTwo:
     lowres_alphas_cumprod: Tensor  # the image-noising schedule for the upsampled 64-px image
 
 
-@dataclass
 class Cascade:
-    """What a backend provides: stage I, optionally stage II, and one prompt encoder shared by both."""
+    """What a backend provides: stage I, optionally stage II, and one prompt encoder shared by both.
 
-    stage_1: Denoiser
-    stage_2: StageTwo | None = None
-    description: dict = field(default_factory=dict)
+    `stage_2` may be given as a function that loads it: it is called once, on the first use (a build without
+    stage-II figures never loads stage II)."""
+
+    def __init__(self, stage_1: Denoiser, stage_2: StageTwo | Callable[[], StageTwo] | None = None,
+                 description: dict | None = None):
+        self.stage_1 = stage_1
+        self._stage_2 = stage_2
+        self.description = description if description is not None else {}
+        self._lock = threading.Lock()  # jobs running as threads share a cascade
+
+    @property
+    def stage_2(self) -> StageTwo | None:
+        with self._lock:
+            if callable(self._stage_2):
+                self._stage_2 = self._stage_2()
+            return self._stage_2
 
     def embed(self, prompts: Sequence[str]) -> Tensor:
         return self.stage_1.embed(prompts)

@@ -17,7 +17,7 @@ from .denoiser import Cascade, Denoiser, ModelFn
 from .filters import Filter, factorization
 from .randomness import image_generators
 from .sampling import Thresholding
-from .spec import timesteps
+from .spec import prompts_of, timesteps
 from .views import get_view
 
 # IF's scheduler configs threshold x0 at the 0.95 quantile, clamped to 1.5 (stage I) and 1.0 (stage II).
@@ -41,10 +41,6 @@ class Context:
 
     def embed(self, prompts: list[str]) -> Tensor:
         return self.cascade.embed(prompts)
-
-
-def prompts_of(spec: dict) -> list[str]:
-    return spec["prompts"] if "prompts" in spec else [spec["prompt"]]
 
 
 def components(spec: dict) -> list[Filter]:

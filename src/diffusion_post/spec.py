@@ -1,5 +1,8 @@
 """What the workflow reads from a figure's resolved parameters while it parses the Snakefile, without torch (so
-a dry run never imports it): the timesteps a figure samples, and the components of a hybrid's factorization."""
+a dry run never imports it): the timesteps a figure samples, the components of a hybrid's factorization, and the
+prompts whose embeddings it reads."""
+
+import hashlib
 
 STAGE_1_SIZE = 64  # every backend's stage-I images are 64 x 64
 
@@ -26,3 +29,26 @@ def timesteps(spec: dict) -> list[int]:
 
 # The components of each factorization, in the order of a hybrid's prompts (filters.factorization builds them).
 COMPONENTS = {"low_high": ("low", "high"), "triple_band": ("low", "band", "high"), "gray_color": ("gray", "color")}
+
+
+# Techniques that never call the denoiser with a prompt: they read no prompt embedding.
+PROMPTLESS = ("forward", "blur")
+
+
+def prompts_of(spec: dict) -> list[str]:
+    """A figure's prompts: `prompts`, else its one `prompt`."""
+    return spec["prompts"] if "prompts" in spec else [spec["prompt"]]
+
+
+def encoded_prompts(spec: dict) -> list[str]:
+    """Every prompt whose embedding a figure's sampling reads (figures.guide): its prompts, and the unconditional
+    prompt when it uses classifier-free guidance; none for the techniques that call no denoiser with a prompt."""
+    if spec["technique"] in PROMPTLESS:
+        return []
+    unconditional = [spec["unconditional_prompt"]] if spec.get("guidance_scale") is not None else []
+    return list(dict.fromkeys(prompts_of(spec) + unconditional))
+
+
+def prompt_digest(prompt: str) -> str:
+    """The name of a prompt's embedding file: the first 24 hex digits of the sha256 of its UTF-8 text."""
+    return hashlib.sha256(prompt.encode()).hexdigest()[:24]

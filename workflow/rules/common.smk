@@ -3,6 +3,8 @@ import sys
 from pathlib import Path
 
 from diffusion_post import config as post_config  # torch-free: parsing the workflow never imports torch
+from diffusion_post.backends.catalog import encodes_prompts, text_encoder_settings
+from diffusion_post.spec import encoded_prompts, prompt_digest
 
 try:
     post_config.check(config, Path(workflow.basedir))
@@ -15,14 +17,18 @@ FRAMES = post_config.figure_frames(config)  # interactive figure -> its frame fi
 PACKAGE = Path("src/diffusion_post")  # relative, so a moved or copied project keeps its build state
 PACKAGE_MODULES = sorted(PACKAGE.rglob("*.py"))
 # Not used by sampling jobs: their edits must not rerun the models.
-NOT_SAMPLING = {"layout.py", "png.py", "post.py", "site.py", "cli.py", "config.py", "project.py"}
+NOT_SAMPLING = {"layout.py", "png.py", "post.py", "site.py", "cli.py", "config.py", "project.py", "full_size.py"}
 # A sampling job asks for a GPU only where its backend runs on one (the ideal backend never does; deepfloyd and
 # tiny do unless device: cpu), so the same rules run on a CPU-only cluster node.
 BACKEND = config["backend"]
 GPU_PER_SAMPLING_JOB = int(BACKEND["name"] != "ideal" and BACKEND.get("device") != "cpu")
+# The cascade backends' prompts are encoded first, one job per prompt (rule encode_prompt): record name -> prompt.
+PROMPTS = {prompt_digest(p): p for spec in SPECS.values() for p in encoded_prompts(spec)} if encodes_prompts(BACKEND) else {}
+# T5 runs on the GPU unless t5: cpu (the trained backend's sentence encoder runs on the CPU).
+GPU_PER_ENCODE_JOB = int(GPU_PER_SAMPLING_JOB and BACKEND["name"] != "trained" and BACKEND.get("t5", "auto") != "cpu")
 # The modules a figure's sampling never runs, by backend (the ideal backend: by denoiser), so that editing one
 # reruns only the figures that run it.
-IDEAL = {"ideal.py", "image_set.py", "photos.py"}  # the ideal backend's set and loader
+IDEAL = {"ideal.py", "image_set.py", "minilm.py", "photos.py"}  # the ideal backend's set, prompt encoder, loader
 EXACT, LOCAL = {"exact.py"}, {"local.py", "local_options.py"}  # its two denoisers
 NOT_RUN = {"deepfloyd": IDEAL | EXACT | LOCAL | {"tiny.py", "trained.py"}, "tiny": IDEAL | EXACT | LOCAL | {"trained.py"},
            "trained": {"ideal.py", "photos.py", "tiny.py"} | EXACT | LOCAL,  # (its prompt encoder is image_set's)
@@ -50,6 +56,8 @@ def sampling_inputs(wildcards):
     inputs = {"code": sampling_code(spec), **post_config.input_files(config, spec)}
     if "source" in spec:
         inputs["source"] = f"results/{spec['source']}.safetensors"
+    if PROMPTS:  # its prompts' embeddings, so its job runs after their encoding (and a new prompt reruns it)
+        inputs["prompt_embeds"] = [prompt_record(p) for p in encoded_prompts(spec)]
     if config["backend"]["name"] == "trained":  # retrained weights rerun the figures (not SHIPPED.json, the output
         weights = Path(config["backend"].get("weights", "weights/trained"))  # of `train`: never train to sample)
         inputs["weights"] = sorted(str(p) for stage in ("stage_1", "stage_2") for p in (weights / stage).rglob("*") if p.is_file())
@@ -58,6 +66,11 @@ def sampling_inputs(wildcards):
         if config["backend"].get("include_inputs"):
             inputs["set_inputs"] = [path for path, _ in post_config.input_images(config)]
     return inputs
+
+
+def prompt_record(prompt):
+    """The file the encode_prompt job of a prompt writes."""
+    return f"results/prompt_embeds/{prompt_digest(prompt)}.json"
 
 
 def sample_figure(wildcards, input, output, params):

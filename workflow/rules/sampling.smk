@@ -13,6 +13,29 @@ rule input_image:
         write_builtin_input(wildcards.name, output[0])
 
 
+rule encode_prompt:
+    """One prompt's embedding, for the backends whose text encoder (T5) runs apart from the UNets: every encode
+    job runs before any sampling job (priority), so T5 loads once, encodes every new prompt, and is released
+    before the first UNet loads. A cached prompt never loads T5. The record names the prompt and its embedding
+    file in the backend's cache (<cache_dir>/prompt_embeds/)."""
+    output:
+        "results/prompt_embeds/{digest}.json",
+    wildcard_constraints:
+        digest="|".join(PROMPTS) or "^$",
+    params:
+        prompt=lambda w: PROMPTS[w.digest],
+        text_encoder=text_encoder_settings(BACKEND) if PROMPTS else {},
+    priority: 100
+    group:
+        "encode_prompts"
+    resources:
+        gpu=GPU_PER_ENCODE_JOB,
+    run:
+        from diffusion_post.build import encode_prompt
+
+        encode_prompt(params.prompt, BACKEND, output[0])
+
+
 # One sampling rule per section of the post, sample_<section> (a figure's section is where config.yaml lists it).
 # Its jobs form the group sample_<section>: on a cluster (profiles/slurm) one submitted job makes all the
 # section's figures and loads each model stage once. Locally `group:` does nothing; there every job runs in

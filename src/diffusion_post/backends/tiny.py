@@ -11,7 +11,7 @@ VOCAB_WORDS = ("a high quality photo of the an oil painting people around campfi
                "amalfi coast").split()
 
 
-def _tokenizer():
+def offline_tokenizer():
     """A T5-style Unigram tokenizer built without the hub (see shared REFERENCE §3 for the transformers 5 trap)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import T5TokenizerFast
@@ -65,7 +65,7 @@ def make_tiny_if(folder: Path | str, seed: int = 0, stage_1_size: int = 64, stag
     if marker.exists() and json.loads(marker.read_text()) == spec:
         return stage_1, stage_2
 
-    tokenizer = _tokenizer()
+    tokenizer = offline_tokenizer()
     with torch.random.fork_rng():  # deterministic weights without touching the caller's global RNG
         torch.manual_seed(seed)
         config = T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,

@@ -10,7 +10,7 @@ from ..denoiser import Cascade
 from ..files import sha256
 from .deepfloyd import ModelUnavailable, load_cascade
 from .image_set import ENCODER_NAME, minilm_encoder
-from .prompt_cache import Encoder
+from .prompt_cache import Encoder, PromptCache
 
 WEIGHTS = Path("weights/trained")  # committed with the project; relative to the project root, like results/
 NOT_SHIPPED = "no trained weights shipped yet: run `snakemake train` on a GPU (see README)"
@@ -41,12 +41,16 @@ def check_weights(folder: Path) -> dict:
     return shipped
 
 
+def trained_prompt_cache(cache_dir: Path | str = ".cache/prompt_embeds") -> PromptCache:
+    return PromptCache(cache_dir, f"{ENCODER_NAME}+one-token", sentence_tokens, release_after_call=True)
+
+
 def load_trained(folder: Path | str | None = None, *, device: str | None = None,
-                 cache_dir: Path | str = ".cache/prompt_embeds") -> Cascade:
+                 cache_dir: Path | str = ".cache/prompt_embeds", prompts: PromptCache | None = None) -> Cascade:
     folder = Path(folder) if folder else WEIGHTS
     shipped = check_weights(folder)
-    cascade = load_cascade(str(folder / "stage_1"), str(folder / "stage_2"), device=device, cache_dir=cache_dir,
-                           backend="trained", encoder=(f"{ENCODER_NAME}+one-token", sentence_tokens))
+    cascade = load_cascade(str(folder / "stage_1"), str(folder / "stage_2"), device=device, backend="trained",
+                           prompts=prompts or trained_prompt_cache(cache_dir))
     cascade.description["data"] = shipped["data"]
     cascade.description["weights_sha256"] = {k: v[:16] for k, v in shipped["sha256"].items()}
     return cascade

@@ -16,7 +16,7 @@ import re
 import subprocess
 import tarfile
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
