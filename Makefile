@@ -1,7 +1,7 @@
 # One command to build the post offline, one to run the tests (both install what they need first).
 PYTHON ?= python3
 PIP = $(PYTHON) -m pip
-CORES ?= 1
+CORES ?= all
 
 .PHONY: post test install install-system install-python bench serve
 

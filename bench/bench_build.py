@@ -1,28 +1,26 @@
-"""Full offline build of the post vs the sampling work inside it, and the rebuild after one prompt edit.
+"""The build a writer waits for, measured side by side: cold full build, warm full build, one-prompt rebuild.
 
-Prints, measured side by side in one run on a fresh copy of the project:
-  dry run   - `snakemake -n` of the fresh copy (parse, config validation, DAG)
-  sampling  - every figure's sampling (build.make_result) in one process: the model work the build contains
-  in-build  - the same sampling as timed inside the full build by its own jobs (the SAMPLED_MESSAGE lines they log,
-              model loads included): the overhead build / in-build sampling compares two times of ONE run, so the
-              machine's run-to-run noise (below) cancels; build / separate sampling is printed too
-  build     - `snakemake --cores 1`: figures, layout, post, `jekyll build`
-  rebuild   - `snakemake --cores 1` after editing one prompt (the second prompt of the first anagram)
-with wall and CPU seconds (user + system: on a shared machine the steadier of the two), and the overhead ratio
-build / sampling. With --baseline REV, the same for the project at git revision REV (its own code: `git archive`),
-measured in the same run, one project after the other.
+Each round, for each project (this tree, and with --baseline REV the project at git revision REV, its own code from
+`git archive`), one after the other:
+  cold     a fresh copy with an empty cache folder: `snakemake --cores 1` renders the emoji set, crops the photos,
+           encodes every caption and prompt, computes the set's arrays, samples and lays out every figure, renders the
+           post and builds the site (MathJax comes from the npm tarball cached under ~/.cache/diffusion_post, as after
+           `make post`'s first run: no registry is asked)
+  warm     a fresh copy (no results, figures or post) sharing the cache the cold build filled
+  rebuild  in the warm copy, after editing one prompt (the second prompt of the first anagram): its figures, their
+           stage II and animation, the post and the site
+Wall seconds, CPU seconds (user + system of the build and its children) and the sampling the build's own jobs logged
+(`diffusion-post: sampled NAME in S s`). With --rounds N the table shows the median of the N rounds, each round's
+values beside it. Wall times on a 2-core virtual machine vary by a fifth or more between identical runs, even idle:
+compare the two projects of the same run.
 
-Wall times on a 2-core virtual machine vary by up to a third from one run to the next even when it is idle, so with
---rounds N every measurement is repeated N times (each round a fresh copy of each project, the projects alternating)
-and the table shows the best (smallest) of each, as `timeit` does; each overhead ratio is the median of the rounds'
-own ratios, which are printed beside it.
+  python bench/bench_build.py --baseline 0a474e5 --rounds 3
 """
 
 import argparse
 import os
 import re
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -32,46 +30,25 @@ from pathlib import Path
 
 import yaml
 
-from diffusion_post.backends import LOAD_MESSAGE
 from diffusion_post.build import SAMPLED_MESSAGE
 from diffusion_post.project import copy_project
 
 ROOT = Path(__file__).resolve().parents[1]
+TARGETS = {"cold": 90, "warm": 30, "rebuild": 5}  # issue 22, seconds on an idle 2-core machine
 
 
-def timed(command: list[str], cwd: Path) -> tuple[float, float, str]:
-    """Wall seconds, CPU seconds and stderr of a command run with the project's own code (its src/)."""
+def timed(command: list[str], cwd: Path) -> dict[str, float]:
+    """Wall and CPU seconds of a command run with the project's own code (its src/), and the sampling it logged."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    run = subprocess.run(command, cwd=cwd, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(cwd / "src")})
+    run = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(cwd / "src")})
+    wall = time.perf_counter() - start
+    if run.returncode:
+        raise SystemExit(f"{' '.join(command)} failed in {cwd}:\n{run.stderr[-3000:]}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.perf_counter() - start, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), run.stderr
-
-
-# Every figure's make_result in one process; older code has no figure_backend (one backend for every figure).
-SAMPLING = """
-import sys, time
-sys.path.insert(0, "src")
-from diffusion_post import config as c
-from diffusion_post.backends import load_backend
-from diffusion_post.build import make_result, write_builtin_input
-cfg = c.load("config.yaml")
-backend_of = getattr(c, "figure_backend", lambda cfg, spec, results="results": cfg["backend"])
-for key, value in cfg["inputs"].items():
-    if value.startswith("builtin:"):
-        write_builtin_input(value[8:], c.input_path(cfg, key, "inputs_tmp"))
-specs = {name: c.resolve(cfg, name) for name in c.figure_table(cfg)}
-t0 = time.perf_counter()
-for denoiser in {spec.get("denoiser") for spec in specs.values()}:
-    load_backend(backend_of(cfg, {"technique": "sample", "denoiser": denoiser}, "inputs_tmp"))
-load = time.perf_counter() - t0
-t0 = time.perf_counter()
-for name, spec in specs.items():
-    inputs = {"image": c.input_path(cfg, spec["image"], "inputs_tmp")} if "image" in spec else {}
-    source = f"raw/{spec['source']}.safetensors" if "source" in spec else None
-    make_result(name, spec, backend_of(cfg, spec, "inputs_tmp"), inputs, source, f"raw/{name}.safetensors")
-print(load, time.perf_counter() - t0)
-"""
+    sampled = re.findall(rf"^{SAMPLED_MESSAGE} \S+ in ([\d.]+) s$", run.stderr, re.M)
+    return {"wall": wall, "cpu": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+            "sampling": sum(map(float, sampled)) if sampled else float("nan")}
 
 
 def edit_one_prompt(config_path: Path) -> None:
@@ -81,40 +58,26 @@ def edit_one_prompt(config_path: Path) -> None:
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-def measure(root: Path, cache_dir: Path, sampling: bool = True, keep: Path | None = None) -> dict[str, float]:
-    """The numbers of one project (its code at `root`), on a fresh copy."""
-    nan = float("nan")
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        copy_project(root, work, cache_dir)
-        dry, _, _ = timed([sys.executable, "-m", "snakemake", "-n"], work)
-        load = sample = nan
-        if sampling:
-            out = subprocess.run([sys.executable, "-c", SAMPLING], cwd=work, check=True, capture_output=True, text=True,
-                                 env={**os.environ, "PYTHONPATH": str(work / "src")}).stdout
-            load, sample = map(float, out.split()[-2:])
-        build, build_cpu, log = timed([sys.executable, "-m", "snakemake", "--cores", "1"], work)
-        if keep:
-            for folder in ("figures", "site/_posts"):
-                shutil.copytree(work / folder, keep / folder, dirs_exist_ok=True)
-        edit_one_prompt(work / "config.yaml")
-        rebuild, rebuild_cpu, _ = timed([sys.executable, "-m", "snakemake", "--cores", "1"], work)
-    loads = log.count(LOAD_MESSAGE) if LOAD_MESSAGE in log else nan  # older code logs no loads
-    timed_jobs = re.findall(rf"^{SAMPLED_MESSAGE} \S+ in ([\d.]+) s$", log, re.M)
-    in_build = sum(map(float, timed_jobs)) if timed_jobs else nan  # older code logs no times
-    return {"dry": dry, "load": load, "sampling": sample, "in_build": in_build, "build": build, "build_cpu": build_cpu,
-            "rebuild": rebuild, "rebuild_cpu": rebuild_cpu, "loads": loads}
+def measure(root: Path, scratch: Path) -> dict[str, dict[str, float]]:
+    """One round of one project's three builds, in fresh copies under `scratch`."""
+    build = [sys.executable, "-m", "snakemake"]  # as `make post` runs it: the profile's cores (all)
+    cache = scratch / "cache"
+    numbers = {}
+    for name in ("cold", "warm"):
+        work = scratch / name
+        work.mkdir()
+        copy_project(root, work, cache)
+        numbers[name] = timed(build, work)
+    edit_one_prompt(scratch / "warm" / "config.yaml")
+    numbers["rebuild"] = timed(build, scratch / "warm")
+    return numbers
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache-dir", default=str(ROOT / ".cache"), help="backend caches (emoji set, prompt embeddings), prepared once")
     parser.add_argument("--baseline", metavar="REV", help="also measure the project at this git revision, in the same run")
-    parser.add_argument("--no-sampling", action="store_true", help="skip the separate sampling run (build and rebuild only)")
-    parser.add_argument("--keep", type=Path, help="copy this tree's built figures/ and site/_posts/ here, to look at them")
-    parser.add_argument("--rounds", type=int, default=1, help="repeat every measurement this many times: the table shows the best of each, the ratios their median")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (the table shows their median)")
     args = parser.parse_args()
-    rounds = {}  # project -> one dict of numbers per round
     with tempfile.TemporaryDirectory() as tmp:
         projects = {"this tree": ROOT}
         if args.baseline:
@@ -123,25 +86,25 @@ def main() -> None:
             archive = subprocess.run(["git", "archive", args.baseline], cwd=ROOT, check=True, capture_output=True).stdout
             subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
             projects = {args.baseline: old, **projects}
-        for _ in range(args.rounds):
+        rounds: dict[str, list[dict]] = {name: [] for name in projects}
+        for r in range(args.rounds):
             for name, root in projects.items():
-                keep = args.keep if root == ROOT else None
-                rounds.setdefault(name, []).append(measure(root, Path(args.cache_dir), not args.no_sampling, keep))
-    columns = {name: {key: min(r[key] for r in runs) for key in runs[0]} for name, runs in rounds.items()}
-    rows = [("snakemake -n (fresh copy)", "dry"), ("model load (once, in the sampling process)", "load"),
-            ("sampling: every figure, one process", "sampling"),
-            ("sampling inside the build (its jobs, loads incl.)", "in_build"), ("full build: snakemake --cores 1", "build"),
-            ("  CPU seconds of the full build", "build_cpu"), ("rebuild after one prompt edit", "rebuild"),
-            ("  CPU seconds of the rebuild", "rebuild_cpu"), ("model loads logged by the full build", "loads")]
-    print(f"{'what (seconds)':<44}" + "".join(f"{name:>14}" for name in columns))
-    for label, key in rows:
-        print(f"{label:<44}" + "".join(f"{c[key]:14.1f}" for c in columns.values()))
-    for name, c in columns.items():
-        for what, sampling in (("build / in-build sampling", lambda r: r["in_build"]),
-                               ("build / (load + separate sampling)", lambda r: r["load"] + r["sampling"])):
-            ratios = [r["build"] / sampling(r) for r in rounds[name]]
-            each = f"; each round: {', '.join(f'{x:.2f}' for x in ratios)}" if len(ratios) > 1 else ""
-            print(f"{name}: overhead {what} = {statistics.median(ratios):.2f}  (target <= 1.25){each}")
+                scratch = Path(tmp) / f"round-{r}-{name.replace(' ', '-')}"
+                scratch.mkdir()
+                rounds[name].append(measure(root, scratch))
+                print(f"round {r + 1}, {name}: " + ", ".join(f"{build} {n['wall']:.1f} s" for build, n in rounds[name][-1].items()),
+                      file=sys.stderr, flush=True)
+    print(f"{'seconds (median of ' + str(args.rounds) + ')':<34}" + "".join(f"{name:>24}" for name in projects))
+    for build, target in TARGETS.items():
+        for key, label in (("wall", f"{build} build" if build != "rebuild" else "one-prompt rebuild"),
+                           ("cpu", "  CPU seconds"), ("sampling", "  sampling its jobs logged")):
+            cells = []
+            for name in projects:
+                values = [r[build][key] for r in rounds[name]]
+                each = "/".join(f"{v:.0f}" if v >= 10 else f"{v:.1f}" for v in values) if len(values) > 1 else ""
+                cells.append(f"{statistics.median(values):8.1f} ({each})" if each else f"{statistics.median(values):8.1f}")
+            target_note = f"   target <= {target}" if key == "wall" else ""
+            print(f"{label:<34}" + "".join(f"{c:>24}" for c in cells) + target_note)
 
 
 if __name__ == "__main__":

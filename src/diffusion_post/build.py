@@ -17,8 +17,13 @@ from .backends import encode_prompts, load_backend
 from .backends.catalog import encodes_prompts
 from .files import atomic_path
 from .images import load_image, load_result, save_result
+from .memory import keep_freed_memory
 
 SAMPLED_MESSAGE = "diffusion-post: sampled"
+# Intra-op threads of every sampling job. CPU kernels split their sums by thread, so a figure's bytes would depend on
+# the machine's core count; with one thread they do not, and jobs run side by side instead (snakemake --cores). On
+# this workload one thread also wastes less: small tensor ops spend more on waking OpenMP threads than they save.
+SAMPLING_THREADS = 1
 MEMORY_ADVICE = ("use a smaller stage I (backend/stage_1: DeepFloyd/IF-I-L-v1.0 or IF-I-M), set backend/t5: cpu or 8bit, "
                  "or import precomputed embeddings (diffusion-post import-embeddings) so that T5 never loads; the "
                  "README's 'GPU memory' table says what fits which card")
@@ -64,6 +69,8 @@ def make_result(name: str, spec: dict, backend: dict, inputs: dict[str, str], so
     SAMPLED_MESSAGE with the seconds it took (a model load included, where this call made one). Refuses a number
     that is not finite among the parameters, and a result that is not finite (nothing is written then)."""
     start = time.perf_counter()
+    keep_freed_memory()
+    torch.set_num_threads(SAMPLING_THREADS)
     check_finite({"figures": {name: spec}, "backend": backend})
     with out_of_memory_explained(f"sampling the figure {name}"):
         cascade = load_backend(backend)

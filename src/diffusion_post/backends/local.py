@@ -175,7 +175,8 @@ class _Local(SetDenoiser):
         score = prior.float().repeat(1, len(self.offsets))[:, :, None]  # (B, M, 1)
         for x, y_set, c, var in observations:
             xp, yp = F.avg_pool2d(x[first], POOL).float().flatten(2), self.copies(y_set, torch.float32, POOL).flatten(2)  # (U, 3, 256), (M, 3, 256)
-            d = (xp[:, None] - c * yp[None]).square().sum(2).view(xp.shape[0], -1, cells, cells)  # (U, M, 16, 16)
+            diff = torch.sub(xp[:, None], (c * yp)[None]).square_()  # (U, M, 3, 256)
+            d = (diff[:, :, 0] + diff[:, :, 1]).add_(diff[:, :, 2]).view(xp.shape[0], -1, cells, cells)  # (U, M, 16, 16)
             window = F.avg_pool2d(d, size, stride=per_block, padding=r, count_include_pad=True) * size**2
             score = score - POOL**2 * window[inverse][..., :STAGE_1_SIZE // o.block, :STAGE_1_SIZE // o.block].flatten(2) / (2 * var)
         k = min(o.candidates, score.shape[1])
@@ -206,7 +207,8 @@ class _Local(SetDenoiser):
         for x, y_set, c, var in observations:
             x_patch = x[first].to(self.dtype).flatten(1)[:, index]  # (U, nb, 3, L, L)
             y_patch = self.copies(y_set, self.dtype).flatten().take(y_index)
-            sq = (x_patch[:, :, None] - c * y_patch).square().sum(3) * valid[None, :, None]
+            diff = torch.sub(x_patch[:, :, None], y_patch.mul_(c), out=y_patch).square_()  # in place: ~4x less time
+            sq = (diff[:, :, :, 0] + diff[:, :, :, 1]).add_(diff[:, :, :, 2]).mul_(valid[None, :, None])  # (U, nb, J, L, L)
             logits -= (box_sum(sq, P, b) / (2 * var))[inverse].gather(2, row_of)
         return logits.masked_fill(repeated[..., None, None], -math.inf).softmax(dim=2), cand
 
@@ -225,12 +227,12 @@ class _Local(SetDenoiser):
 
     def mean_and_variance(self, weights: Tensor, patches: Tensor, scale: int) -> tuple[Tensor, Tensor]:
         """Per-pixel posterior mean and variance from 64-px weights (B, nb, k, b, b) and candidate pixels at
-        `scale` x 64 px (B, nb, k, 3, b s, b s): each weight covers its s x s pixels."""
+        `scale` x 64 px (B, nb, k, 3, b s, b s; used up: squared in place): each weight covers its s x s pixels."""
         if scale > 1:
             weights = weights.repeat_interleave(scale, -1).repeat_interleave(scale, -2)
         w = weights[:, :, :, None].to(patches.dtype)  # (B, nb, k, 1, bs, bs)
         mean = (w * patches).sum(2)
-        second = (w * patches.square()).sum(2)
+        second = patches.square_().mul_(w).sum(2)  # (in place: patches are this call's own)
         return self.assemble(mean), self.assemble(second - mean.square())
 
 
