@@ -12,13 +12,14 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
-from browser import PAGE_PROBE
-from conftest import ROOT, needs, snakemake
+from conftest import ROOT, needs, snakemake, wait_until
+from live_preview import PreviewProcess, edit_config, images, mark, reloaded, set_prompt
 from PIL import Image
 
 from diffusion_post import config as post_config
@@ -27,32 +28,6 @@ from diffusion_post.preview import Outcome, Preview, Sources, Status, serve_site
 from diffusion_post.project import copy_project
 
 TIMEOUT = 900  # seconds for a rebuild on a loaded 2-core machine; every wait polls, none sleeps for it
-
-
-def wait_until(condition, timeout: float = 60, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def edit_config(root: Path, edit) -> str:
-    """Apply `edit` to the parsed config.yaml of `root` and save it; returns the text written."""
-    config = yaml.safe_load((root / "config.yaml").read_text())
-    edit(config)
-    text = yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
-    (root / "config.yaml").write_text(text)
-    return text
-
-
-def set_prompt(figure: str, k: int, prompt: str):
-    def edit(config):
-        section = next(s for s, figures in config["figures"].items() if figure in figures)
-        config["figures"][section][figure]["prompts"][k] = prompt
-    return edit
 
 
 def check_line(root: Path) -> str:
@@ -252,32 +227,6 @@ def test_serve_site_under_a_base_url(tmp_path):
 
 # ------------------------------------------------------------------ the real thing, in a browser
 
-class PreviewProcess:
-    """`python -m diffusion_post.cli preview --port 0` in `root`, its output collected line by line."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.lines: list[str] = []
-        self.process = subprocess.Popen([sys.executable, "-m", "diffusion_post.cli", "preview", "--port", "0"], cwd=root,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                        env={**os.environ, "OMP_NUM_THREADS": "1"})
-        self._reader = threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True)
-        self._reader.start()
-
-    def wait_for(self, pattern: str, start: int = 0, timeout: float = TIMEOUT) -> re.Match:
-        """The first line from `start` on that matches `pattern`."""
-        def found():
-            if self.process.poll() is not None and not self._reader.is_alive():
-                raise AssertionError("the preview stopped:\n" + "".join(self.lines[-40:]))
-            return next((m for line in self.lines[start:] if (m := re.search(pattern, line))), None)
-        return wait_until(found, timeout, f"{pattern!r} in the preview's output")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-
 def children(pid: int) -> list[int]:
     """Processes whose parent is `pid` (from /proc)."""
     found = []
@@ -294,40 +243,14 @@ def running(pid: int) -> bool:
     return False
 
 
-def fetch(url: str) -> bytes:
-    with urllib.request.urlopen(url) as response:
-        return response.read()
-
-
-def shown(page) -> dict:
-    """The page once loaded (MathJax, images, fonts), read again after a reload: every image's bytes by file name,
-    and the broken ones."""
-    def probe():
-        with contextlib.suppress(Exception):  # "execution context was destroyed": the page is reloading
-            page.wait_for_load_state("load")
-            return page.evaluate(PAGE_PROBE)
-    values = wait_until(probe, 120, "the page to load")
-    assert values["broken_images"] == []
-    return {url.rsplit("/assets/figures/", 1)[1]: fetch(url) for url in set(values["image_urls"])}
-
-
-def reloaded(page) -> bool:
-    with contextlib.suppress(Exception):
-        return page.evaluate("() => window.previewMarker === undefined")
-    return False
-
-
 @pytest.fixture(scope="module")
 def preview(build, tmp_path_factory):
-    """The preview running on a copy of the built post; yields (process, the post's URL)."""
+    """The preview running on a copy of the built post."""
     root = tmp_path_factory.mktemp("preview") / "project"
     shutil.copytree(build, root, symlinks=True)
-    process = PreviewProcess(root)
+    process = PreviewProcess(root, TIMEOUT)
     try:
-        base = process.wait_for(r"serving (http://127\.0\.0\.1:\d+)/").group(1)
-        process.wait_for(r"^preview: (up to date|rebuilt)")
-        post = site.built_post_path(root / "site" / "_site", next((root / "site" / "_posts").glob("*.md")).name)
-        yield process, f"{base}/{post.relative_to(root / 'site' / '_site').as_posix()}"
+        yield process
     finally:
         process.stop()
 
@@ -339,33 +262,32 @@ NEW_PROMPT = "a photo of a cat"
 @needs("jekyll")
 @needs("chromium")
 def test_edit_a_prompt_and_the_page_shows_the_new_figure(preview, browser):
-    process, url = preview
-    root = process.root
+    root = preview.root
     config = yaml.safe_load((root / "config.yaml").read_text())
     remade = {f"{name}.png" for name, (_, own) in post_config.figure_table(config).items()
               if name == EDITED or own.get("source") == EDITED}
     assert len(remade) == 2  # the hybrid and its stage II
-    with browser.open(url, timeout=120) as (page, report):
-        before = shown(page)
+    with browser.open(preview.url, timeout=120) as (page, _):
+        before = images(page)
         assert remade < set(before)
 
         # 1. a prompt: the page reloads by itself, with the new caption and image, every other image unchanged
-        page.evaluate("() => { window.previewMarker = 1; }")
-        start = len(process.lines)
+        mark(page)
+        start = len(preview.lines)
         edited = edit_config(root, set_prompt(EDITED, 0, NEW_PROMPT))
-        process.wait_for(rf"^preview:\s+\d+ of \d+: {EDITED} \(sample_hybrids\)", start)
+        preview.wait_for(rf"^preview:\s+\d+ of \d+: {EDITED} \(sample_hybrids\)", start, TIMEOUT)
         wait_until(lambda: reloaded(page), TIMEOUT, "the page to reload")
-        after = shown(page)
+        after = images(page)
         caption = page.evaluate(f"""() => document.querySelector('img[src$="/{EDITED}.png"]')
                                           .closest('p').nextElementSibling.textContent""")
         assert f"“{NEW_PROMPT}”" in caption
         assert {name for name in before if before[name] != after[name]} == remade
         assert set(after) == set(before)
-        assert process.wait_for(r"^preview: rebuilt in [\d.]+ s \((\d+) jobs\)", start)
+        preview.wait_for(r"^preview: rebuilt in [\d.]+ s \(\d+ jobs\)", start)
 
         # 2. a bad edit: the last good page stays, with the check's line (escaped) in a banner, and in the terminal
-        page.evaluate("() => { window.previewMarker = 1; }")
-        start = len(process.lines)
+        mark(page)
+        start = len(preview.lines)
         edit_config(root, set_prompt(EDITED, 0, "<b>a photo</b>\tof a cat"))
         line = check_line(root)
         assert "<b>a photo</b>" in line and "U+0009 (tab)" in line
@@ -373,16 +295,16 @@ def test_edit_a_prompt_and_the_page_shows_the_new_figure(preview, browser):
         banner = page.locator("#preview-banner")
         assert banner.text_content() == line
         assert banner.evaluate("b => b.children.length") == 0  # text, not markup
-        assert shown(page) == after
-        process.wait_for(rf"^preview: error: {re.escape(line)}", start)
+        assert images(page) == after
+        preview.wait_for(rf"^preview: error: {re.escape(line)}", start)
         published = site.built_post_path(root / "site" / "_site", next((root / "site" / "_posts").glob("*.md")).name)
         assert "preview-banner" not in published.read_text() and "EventSource" not in published.read_text()
 
         # 3. fixed: the banner goes
-        page.evaluate("() => { window.previewMarker = 1; }")
+        mark(page)
         (root / "config.yaml").write_text(edited)
         wait_until(lambda: reloaded(page) and page.locator("#preview-banner").count() == 0, TIMEOUT, "the banner to go")
-        assert shown(page) == after
+        assert images(page) == after
 
 
 @needs("jekyll")
@@ -390,17 +312,16 @@ def test_edit_a_prompt_and_the_page_shows_the_new_figure(preview, browser):
 def test_ctrl_c_stops_a_running_build(preview):
     """Ctrl-C while a figure samples: Snakemake is stopped and waited for, no half-written file, exit 130 with one
     line; a plain `snakemake -n` afterwards plans the interrupted figure again (no lock, no incomplete error)."""
-    process, _ = preview
-    root = process.root
-    start = len(process.lines)
+    root = preview.root
+    start = len(preview.lines)
     edit_config(root, set_prompt("hybrid_skull_castle", 1, "a photo of a lighthouse"))
-    process.wait_for(r"^preview:\s+\d+ of \d+: hybrid_skull_castle \(sample_hybrids\)", start)
-    (workflow,) = children(process.process.pid)
-    process.process.send_signal(signal.SIGINT)
-    assert process.process.wait(timeout=300) == 130
-    process._reader.join(timeout=30)
+    preview.wait_for(r"^preview:\s+\d+ of \d+: hybrid_skull_castle \(sample_hybrids\)", start, TIMEOUT)
+    (workflow,) = children(preview.process.pid)
+    preview.process.send_signal(signal.SIGINT)
+    assert preview.process.wait(timeout=300) == 130
+    preview.reader.join(timeout=30)
     assert not running(workflow)
-    assert process.lines[-1].strip() == \
+    assert preview.lines[-1].strip() == \
         "diffusion-post: interrupted (nothing half-written is left: every output is written atomically)"
     assert [str(p) for folder in ("figures", "results", "site") for p in (root / folder).rglob(".*tmp*")] == []
     assert "results/hybrid_skull_castle.safetensors" in snakemake(root, "-n").stdout
