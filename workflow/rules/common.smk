@@ -14,7 +14,7 @@ SPECS = {name: post_config.resolve(config, name) for name in FIGURES}
 FRAMES = post_config.figure_frames(config)  # interactive figure -> its frame files
 PACKAGE = Path("src/diffusion_post")  # relative, so a moved or copied project keeps its build state
 # Not used by sampling jobs: their edits must not rerun the models.
-NOT_SAMPLING = {"layout.py", "png.py", "post.py", "site.py", "cli.py", "config.py", "project.py"}
+NOT_SAMPLING = {"layout.py", "png.py", "post.py", "site.py", "cli.py", "config.py", "project.py", "preview.py"}
 # A sampling job asks for a GPU only where its backend runs on one (the ideal backend never does; deepfloyd and
 # tiny do unless device: cpu), so the same rules run on a CPU-only cluster node.
 BACKEND = config["backend"]
