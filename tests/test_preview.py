@@ -24,7 +24,7 @@ from PIL import Image
 
 from diffusion_post import config as post_config
 from diffusion_post import site
-from diffusion_post.preview import Outcome, Preview, Sources, Status, serve_site, with_preview
+from diffusion_post.preview import Outcome, Preview, Sources, Status, error_line, serve_site, with_preview
 from diffusion_post.project import copy_project
 
 TIMEOUT = 900  # seconds for a rebuild on a loaded 2-core machine; every wait polls, none sleeps for it
@@ -214,6 +214,28 @@ def test_a_port_in_use_is_one_line(project):
         f"diffusion-post: error: cannot serve on 127.0.0.1:{port} (address already in use): stop what uses it (another "
         f"preview, `jekyll serve`), or pick another port with --port N"]
     assert not (project / ".snakemake").exists()  # nothing was built
+
+
+def test_before_the_first_build_the_page_says_so(tmp_path):
+    status = Status()
+    with serve_site(tmp_path / "_site", status=status) as base:
+        page = urllib.request.urlopen(f"{base}/").read().decode()
+        assert "Building the post" in page and f'event.data !== "{status.token}"' in page
+        # a failed `site` job leaves the built pages but not index.html (Snakemake removed it): pages stay readable
+        (tmp_path / "_site").mkdir()
+        (tmp_path / "_site" / "post.html").write_text("<html><body>the post</body></html>")
+        assert "the post" in urllib.request.urlopen(f"{base}/post.html").read().decode()
+
+
+def test_a_failed_job_is_named_by_its_error_line():
+    log = ["Select jobs to execute...", "RuleException:",
+           'SiteToolError in file "/p/workflow/rules/post.smk", line 58:',
+           "jekyll build failed (exit 1): Liquid Exception: Liquid syntax error (line 17): 'if' tag was never closed",
+           "Error in rule site:", "    jobid: 1", "Shutting down, this might take some time.", "WorkflowError:",
+           "At least one job did not complete successfully."]
+    assert error_line(log) == log[3]
+    assert error_line(["Building DAG of jobs...", "LockException:", "Error: Directory cannot be locked."]) == \
+        "Error: Directory cannot be locked."
 
 
 def test_serve_site_under_a_base_url(tmp_path):

@@ -221,16 +221,19 @@ class PreviewHandler(SiteHandler):
         return io.BytesIO(body)
 
     def page(self) -> str | None:
-        """The HTML this request gets: a built page, the not-built-yet page, or None (not a page: served as is)."""
+        """The HTML this request gets: a built page; NOT_BUILT for a page missing while the site has no index.html
+        (before the first build; while `jekyll build` runs); None for anything else (served as is)."""
         if not self.inside():
             return None
         url_path = urllib.parse.urlsplit(self.path).path
-        if url_path.endswith(("/", ".html")) and not (Path(self.directory) / "index.html").is_file():
-            return NOT_BUILT
         path = Path(self.translate_path(self.path))
         if path.is_dir() and url_path.endswith("/"):
             path = path / "index.html"
-        return path.read_text(encoding="utf-8") if path.suffix == ".html" and path.is_file() else None
+        if path.suffix == ".html" and path.is_file():
+            return path.read_text(encoding="utf-8")
+        if url_path.endswith(("/", ".html")) and not (Path(self.directory) / "index.html").is_file():
+            return NOT_BUILT
+        return None
 
     def send_events(self) -> None:
         self.send_response(200)
@@ -305,8 +308,8 @@ class Progress:
         elif self.rule and (m := re.match(r"^\s+wildcards: .*\bfigure=([^,\s]+)", line)):
             self.target = m[1]
         elif self.rule and not line.startswith((" ", "\t")):  # the job's block has ended: it runs
-            started = f"{self.done + 1} of {self.total}: {self.target or self.rule} ({self.rule})"
-            self.rule = None
+            started = f"{self.done + 1} of {self.total}: {self.target} ({self.rule})" if self.target else None
+            self.rule = None  # (a job without output, such as `all`, makes nothing to show)
             return started
         return None
 
