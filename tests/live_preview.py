@@ -29,10 +29,13 @@ def edit_config(root: Path, edit) -> str:
 
 
 def set_prompt(figure: str, k: int, prompt: str):
-    """An edit for edit_config: prompt `k` of `figure` becomes `prompt`."""
+    """An edit for edit_config: prompt `k` of `figure` (its `prompts`, or its one `prompt`) becomes `prompt`."""
     def edit(config):
-        section = next(s for s, figures in config["figures"].items() if figure in figures)
-        config["figures"][section][figure]["prompts"][k] = prompt
+        own = next(figures[figure] for figures in config["figures"].values() if figure in figures)
+        if "prompts" in own:
+            own["prompts"][k] = prompt
+        else:
+            own["prompt"] = prompt
     return edit
 
 

@@ -238,11 +238,13 @@ def test_a_failed_job_is_named_by_its_error_line():
         "Error: Directory cannot be locked."
 
 
-def test_serve_site_under_a_base_url(tmp_path):
+@pytest.mark.parametrize("status", [None, Status()], ids=["plain", "preview"])
+def test_serve_site_under_a_base_url(tmp_path, status):
     (tmp_path / "index.html").write_text("<html><body>home</body></html>")
-    with serve_site(tmp_path, "/REPO") as base:
+    with serve_site(tmp_path, "REPO/", status=status) as base:
         assert base.endswith("/REPO")
-        assert urllib.request.urlopen(f"{base}/").read() == b"<html><body>home</body></html>"
+        page = urllib.request.urlopen(f"{base}/").read().decode()
+        assert page.startswith("<html><body>home") and ("EventSource" in page) == (status is not None)
         with pytest.raises(urllib.error.HTTPError):
             urllib.request.urlopen(base.removesuffix("/REPO") + "/index.html")
 
@@ -331,6 +333,7 @@ def test_edit_a_prompt_and_the_page_shows_the_new_figure(preview, browser):
 
 @needs("jekyll")
 @needs("chromium")
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the preview's Snakemake in /proc")
 def test_ctrl_c_stops_a_running_build(preview):
     """Ctrl-C while a figure samples: Snakemake is stopped and waited for, no half-written file, exit 130 with one
     line; a plain `snakemake -n` afterwards plans the interrupted figure again (no lock, no incomplete error)."""
