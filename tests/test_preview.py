@@ -64,7 +64,15 @@ def test_sources_are_what_a_writer_edits(tmp_path):
                  "site/assets/mathjax/tex-chtml.js", "site/.jekyll-cache/x", "site/_layouts/.post.html.swp",
                  ".snakemake/log/x.log", "Snakefile", "src/diffusion_post/post.py"]:
         assert str(root / path) not in sources, path
-    assert sources.roots() == (str(root), str(tmp_path))  # photos/ does not exist yet: its parent is watched
+    # watched: folders, each on its own (not recursively), and only those that can hold a source
+    for folder in ["site/_layouts", "site/assets/css", "site/_site/assets", "site/_posts", "site/assets/figures/x",
+                   "site/.jekyll-cache", "templates/sections", "images", "masks", "my_set/x", "results/inputs",
+                   ".venv/lib", ".git/objects"]:
+        (root / folder).mkdir(parents=True)
+    outside.parent.mkdir()
+    assert set(sources.watched()) == {str(root / f) for f in [
+        "", "site", "site/_layouts", "site/assets", "site/assets/css", "templates", "templates/sections", "images",
+        "masks", "my_set", "my_set/x"]} | {str(outside.parent)}
 
 
 def test_site_sources_are_the_site_rules_inputs():
@@ -147,6 +155,18 @@ def test_a_change_during_a_build_gives_one_more_build(project):
         wait_until(lambda: len(build.seen) == 3, what="the build after the one that ran")
         settle()
         assert build.seen[1:] == [first, last]
+
+
+def test_saves_by_renaming_are_seen_each_time(project):
+    """Editors such as vim save by renaming a new file over the old one: each save is seen, not the first only."""
+    build = StandInBuild()
+    with watching(project, build):
+        for k in range(2, 4):
+            config = yaml.safe_load((project / "config.yaml").read_text())
+            set_prompt("hybrid_rainy_day_dog", 1, f"a photo of dog number {k}")(config)
+            (project / ".config.yaml.new").write_text(yaml.safe_dump(config, sort_keys=False))
+            os.replace(project / ".config.yaml.new", project / "config.yaml")
+            wait_until(lambda: len(build.seen) == k, what=f"build {k}")
 
 
 def test_what_the_build_writes_starts_no_build_and_sources_do(project, tmp_path):

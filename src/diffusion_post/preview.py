@@ -13,11 +13,11 @@ How it is built, and why:
   /__preview__/events (server-sent events) and reloads the page when the preview's state changes, and, while an
   edit is bad, the banner: its one-line message, HTML-escaped, at the top of the page. So the preview shows the very
   files `make post` publishes, and nothing of the preview can be published. One port serves both.
-- watchfiles watches the project folder and the folders of input images outside it; a change counts when it is a
-  source (`Sources`): config.yaml, templates/, the site's own files (`site.is_source`), the input images and mask
-  files config.yaml names, the folders of backend/images. What the build writes (figures/, results/, site/_site,
-  site/_posts, site/assets/figures) never counts, or a build would trigger the next. The sources are read again
-  from each new config.
+- watchfiles watches the folders that hold the sources (`Sources.watched`: folders, since editors that save by
+  renaming end a watch on a file), and a change counts when it is a source (`Sources`): config.yaml, templates/,
+  the site's own files (`site.is_source`), the input images and mask files config.yaml names, the folders of
+  backend/images. What the build writes (figures/, results/, site/_site, site/_posts, site/assets/figures) never
+  counts, or a build would trigger the next. The sources are read again from each new config.
 - A build starts once no change has come for `quiet` seconds, so saves in quick succession give one build; changes
   during a build are kept by the watcher and give exactly one more build after it.
 - Before Snakemake starts, the config check the workflow runs (config.load: torch-free, fast). A bad edit runs no
@@ -105,13 +105,25 @@ class Sources:
         site_dir = os.path.join(self.root, "site")
         return path.startswith(site_dir + os.sep) and site.is_source(os.path.relpath(path, site_dir))
 
-    def roots(self) -> tuple[str, ...]:
-        """The folders to watch: the project folder, and the folders of the sources outside it."""
-        outside = {os.path.dirname(f) for f in self.files} | set(self.folders)
-        outside = {p for p in outside if p != self.root and not p.startswith(self.root + os.sep)}
-        # a folder that does not exist yet (backend/images being filled) is watched from its nearest parent
-        existing = {next(p for p in [f, *map(str, Path(f).parents)] if os.path.isdir(p)) for f in outside}
-        return (self.root, *sorted(existing))
+    def watched(self) -> tuple[str, ...]:
+        """The folders to watch, each without its subfolders (they are listed too): the project folder (config.yaml),
+        templates/ and site/ (not what the build writes there), the folders of the input images and masks, and the
+        backend/images folders. Folders, not files: an editor that saves by renaming a new file over the old one
+        would end a watch on the file itself. Only these: a recursive watch of the project would also watch
+        .git/, a virtualenv, the caches and the outputs."""
+        def tree(top: str, keep=lambda folder: True) -> list[str]:
+            found = []
+            for folder, subfolders, _ in os.walk(top):
+                subfolders[:] = [d for d in subfolders if keep(os.path.join(folder, d))]
+                found.append(folder)
+            return found
+
+        site_dir = os.path.join(self.root, "site")
+        watched = {self.root, *tree(site_dir, lambda d: site.is_source(os.path.relpath(d, site_dir)))}
+        watched |= {os.path.dirname(f) for f in self.files}
+        for folder in self.folders:
+            watched.update(tree(folder))
+        return tuple(sorted(d for d in watched if os.path.isdir(d)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -409,27 +421,30 @@ class Preview:
 
         pending = True  # bring the post up to date first
         while True:
-            roots = self.sources.roots()
-            changes = watchfiles.watch(*roots, watch_filter=lambda change, path: path in self.sources, stop_event=stop,
-                                       rust_timeout=int(self.quiet * 1000), yield_on_timeout=True)
+            folders = self.sources.watched()
+            changes = watchfiles.watch(*folders, watch_filter=lambda change, path: path in self.sources,
+                                       recursive=False, stop_event=stop, rust_timeout=int(self.quiet * 1000),
+                                       yield_on_timeout=True)
             with contextlib.closing(changes):
-                for batch in changes:
-                    if batch:  # wait until `quiet` seconds pass without a change
-                        pending = True
-                        continue
-                    if not pending:
-                        continue
-                    pending = False
-                    config = self.check()
-                    if config is None:
-                        continue
-                    self.sources = Sources.of(self.root, config)
-                    if self.sources.roots() != roots:  # watch the new folders first, then build
-                        pending = True
-                        break
-                    self.build()
-                else:
-                    return
+                try:
+                    for batch in changes:
+                        if batch:  # wait until `quiet` seconds pass without a change
+                            pending = True
+                            continue
+                        if not pending:
+                            continue
+                        pending = False
+                        config = self.check()
+                        self.sources = Sources.of(self.root, config) if config is not None else self.sources
+                        if self.sources.watched() != folders:  # watch the new folders first, then build
+                            pending = config is not None
+                            break
+                        if config is not None:
+                            self.build()
+                    else:
+                        return
+                except FileNotFoundError:  # a folder went away before its watch began: list them again
+                    pending = True
 
 
 def run(port: int = DEFAULT_PORT, cores: int = 1, host: str = "127.0.0.1") -> None:
