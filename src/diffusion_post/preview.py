@@ -170,7 +170,8 @@ def with_preview(page: str, token: str, message: str | None) -> str:
     script = (f'<script>new EventSource("{EVENTS}").onmessage = (event) => {{ if (event.data !== "{token}") '
               f'location.reload(); }};</script>')
     if message is not None:
-        banner = f'<div id="preview-banner" role="alert" style="{BANNER_STYLE}">{html.escape(message)}</div>'
+        banner = (f'<div id="preview-banner" role="alert" title="diffusion-post preview: not rebuilt, the page shows '
+                  f'the last good build" style="{BANNER_STYLE}">{html.escape(message)}</div>')
         page, found = re.subn(r"<body\b[^>]*>", lambda m: m.group(0) + banner, page, count=1, flags=re.I)
         if not found:
             page = banner + page
