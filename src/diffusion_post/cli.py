@@ -72,13 +72,19 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535; 0: any free port)")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="diffusion-post", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("preview", help="serve the post on 127.0.0.1 and rebuild it (Snakemake) whenever config.yaml, a "
                                            "template, an input image or the site changes; the page reloads by itself")
-    p.add_argument("--port", type=int, default=4000, help="HTTP port (default 4000; 0: any free port)")
+    p.add_argument("--port", type=_port, default=4000, help="HTTP port (default 4000; 0: any free port)")
     p.add_argument("--cores", type=_positive, default=1, help="Snakemake's --cores (default 1)")
     p.set_defaults(run=_preview)
 
