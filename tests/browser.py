@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
-import http.server
 import os
 import re
 import shutil
-import threading
 import urllib.parse
 from pathlib import Path
 from typing import Iterator
+
+from diffusion_post.preview import serve_site
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 # No background traffic: this machine's network is closed, and a reader's page must not need any.
@@ -57,42 +56,13 @@ def chromium_path() -> str | None:
 # A localhost server for a built site, optionally under a base URL
 # --------------------------------------------------------------------------------------------
 
-class _SiteHandler(http.server.SimpleHTTPRequestHandler):
-    prefix = ""  # the site's baseurl: only paths under it exist
-
-    def send_head(self):
-        path = urllib.parse.urlsplit(self.path).path
-        if self.prefix and not (path == self.prefix or path.startswith(self.prefix + "/")):
-            self.send_error(404, "outside the site's base URL")
-            return None
-        return super().send_head()
-
-    def translate_path(self, path: str) -> str:
-        path = urllib.parse.urlsplit(path).path
-        return super().translate_path(path[len(self.prefix):] or "/")
-
-    def log_message(self, format, *args):  # noqa: A002 - signature of the base class
-        pass
-
-
-@contextlib.contextmanager
-def serve_directory(root: str | os.PathLike, prefix: str = "", host: str = "127.0.0.1") -> Iterator[str]:
+def serve_directory(root: str | os.PathLike, prefix: str = "", host: str = "127.0.0.1") -> contextlib.AbstractContextManager[str]:
     """Serve `root` (a built `_site`) on localhost in a thread, under `prefix` (the site's baseurl, e.g. "/REPO").
 
-    Yields the site's URL `http://host:port{prefix}`; anything outside the prefix is a 404, as on GitHub Pages.
+    A context manager that yields the site's URL `http://host:port{prefix}`; anything outside the prefix is a 404, as
+    on GitHub Pages. The server is the preview's (diffusion_post.preview.serve_site), without its reload script.
     """
-    prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
-    handler = functools.partial(type("Handler", (_SiteHandler,), {"prefix": prefix}), directory=str(root))
-    server = http.server.ThreadingHTTPServer((host, 0), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, name="site-server", daemon=True)
-    thread.start()
-    try:
-        yield f"http://{host}:{server.server_address[1]}{prefix}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    return serve_site(root, prefix, host=host)
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,17 @@ def needs(tool: str, available: bool | None = None):
     cannot pass unnoticed."""
     available = shutil.which(tool) is not None if available is None else available
     return pytest.mark.skipif(not available and not IN_CI, reason=f"{tool} not installed (runs under CI=true)")
+
+
+def wait_until(condition, timeout: float = 60, what: str = "condition"):
+    """Poll `condition` until it returns something true (returned), or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def snakemake(cwd: Path, *args: str) -> subprocess.CompletedProcess:

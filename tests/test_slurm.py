@@ -12,11 +12,11 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import wait_until
 
 from diffusion_post import config as post_config
 from diffusion_post.backends import LOAD_MESSAGE
@@ -99,16 +99,6 @@ def test_cluster_build_is_byte_identical_with_one_model_load_per_section(cluster
     assert set(loads.values()) == {1}, loads  # each job loads the models once for all its figures
 
 
-def _wait_for(condition, timeout: float, what: str):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def test_cancelled_job_leaves_no_partial_file_and_reruns(cluster, local, tmp_path_factory):
     root = project(tmp_path_factory, "cancel")
     target, result = "figures/cfg_samples.png", "results/cfg_samples.safetensors"
@@ -121,7 +111,7 @@ def test_cancelled_job_leaves_no_partial_file_and_reruns(cluster, local, tmp_pat
                     return log.stem.rsplit("-", 1)[1], log
             return None
 
-        job_id, _ = _wait_for(sampling_job, 600, "the sampling job to start")
+        job_id, _ = wait_until(sampling_job, 600, "the sampling job to start")
         subprocess.run(["scancel", job_id], check=True)
         output, _ = build.communicate(timeout=600)
     finally:

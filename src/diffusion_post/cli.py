@@ -1,4 +1,5 @@
-"""diffusion-post: make one figure without Snakemake, inspect a figure's parameters, manage inputs and caches."""
+"""diffusion-post: preview the post as you edit it, make one figure without Snakemake, inspect a figure's parameters,
+manage inputs and caches."""
 
 import argparse
 import json
@@ -54,6 +55,12 @@ def _check_config(args) -> None:
     print(f"{args.config}: valid")
 
 
+def _preview(args) -> None:
+    from . import preview
+
+    preview.run(port=args.port, cores=args.cores)
+
+
 def _import_embeddings(args) -> None:
     from .backends.catalog import text_encoder_key
     from .backends.prompt_cache import PromptCache
@@ -62,9 +69,27 @@ def _import_embeddings(args) -> None:
     print(f"imported {cache.import_dict(args.file)} prompt embeddings into {cache.folder}")
 
 
+def _cores(text: str) -> str:
+    if text != "all" and not (text.isdigit() and int(text) >= 1):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number or 'all'")
+    return text
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535; 0: any free port)")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="diffusion-post", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("preview", help="serve the post on 127.0.0.1 and rebuild it (Snakemake) whenever config.yaml, a "
+                                           "template, an input image or the site changes; the page reloads by itself")
+    p.add_argument("--port", type=_port, default=4000, help="HTTP port (default 4000; 0: any free port)")
+    p.add_argument("--cores", type=_cores, default="all", help="Snakemake's --cores (default all: each sampling job runs one thread)")
+    p.set_defaults(run=_preview)
 
     p = commands.add_parser("figure", help="sample and lay out one figure of config.yaml (with a progress bar)")
     p.add_argument("name")

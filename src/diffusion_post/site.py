@@ -7,6 +7,9 @@
   and the frames of the interactive figures (`figures/NAME/frame-K.png` -> `assets/figures/NAME/frame-K.png`).
 - `build_site(site_dir)` runs Debian's `jekyll build` (no Gemfile, no bundler); `baseurl` overrides the
   one of `site/_config.yml`, as `jekyll build --baseurl /REPO` does.
+- `is_source(path)` / `source_files(site_dir)`: the site's own files (layouts, CSS, scripts, pages, `_config.yml`),
+  not what the workflow and Jekyll write into it: the inputs of the `site` rule, and what `diffusion-post preview`
+  watches.
 
 The reader's checks (headless Chromium: images, equations, errors, sliders) are test helpers:
 `tests/browser.py` and `tests/markdown_math.py`.
@@ -30,7 +33,8 @@ from typing import Sequence
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SiteToolError", "install_mathjax", "publish_figures", "build_site", "built_post_path", "main"]
+__all__ = ["SiteToolError", "install_mathjax", "publish_figures", "build_site", "built_post_path", "is_source",
+           "source_files", "baseurl", "main"]
 
 
 class SiteToolError(RuntimeError):
@@ -242,6 +246,40 @@ def publish_figures(files: Sequence[str | os.PathLike], dest: str | os.PathLike,
         if not target.exists() or target.read_bytes() != f.read_bytes():
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(f, target)
+
+
+# What the workflow and Jekyll write into the site folder (site/_site, the post, the published figures, MathJax).
+GENERATED = (("_site",), ("_posts",), ("assets", "figures"), ("assets", "mathjax"))
+
+
+def is_source(path: str | os.PathLike) -> bool:
+    """Whether the file at `path` (relative to the site folder) is one of the site's own sources: anything but
+    what the build writes there (GENERATED) and hidden files (.jekyll-cache, editors' swap files)."""
+    parts = Path(path).parts
+    return not any(part.startswith(".") for part in parts) and not any(parts[:len(g)] == g for g in GENERATED)
+
+
+def source_files(site_dir: str | os.PathLike) -> list[str]:
+    """Every source file of the site in `site_dir` (is_source), sorted; the paths start with `site_dir`."""
+    site_dir = Path(site_dir)
+    found = []
+    for folder, subfolders, files in os.walk(site_dir):
+        rel = Path(folder).relative_to(site_dir)
+        subfolders[:] = sorted(d for d in subfolders if is_source(rel / d))  # never walks into _site
+        found += [str(Path(folder) / f) for f in files if is_source(rel / f)]
+    return sorted(found)
+
+
+def baseurl(site_dir: str | os.PathLike) -> str:
+    """The `baseurl` of `site_dir/_config.yml` as a URL path prefix: "" (the server's root) or "/REPO"."""
+    import yaml
+
+    try:
+        value = (yaml.safe_load((Path(site_dir) / "_config.yml").read_text(encoding="utf-8")) or {}).get("baseurl")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return ""
+    value = str(value or "").strip("/")
+    return f"/{value}" if value else ""
 
 
 def _strip_ansi(text: str) -> str:

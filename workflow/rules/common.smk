@@ -17,7 +17,8 @@ FRAMES = post_config.figure_frames(config)  # interactive figure -> its frame fi
 PACKAGE = Path("src/diffusion_post")  # relative, so a moved or copied project keeps its build state
 PACKAGE_MODULES = sorted(PACKAGE.rglob("*.py"))
 # Not used by sampling jobs: their edits must not rerun the models.
-NOT_SAMPLING = {"layout.py", "png.py", "post.py", "site.py", "cli.py", "config.py", "project.py", "full_size.py"}
+NOT_SAMPLING = {"layout.py", "png.py", "post.py", "site.py", "cli.py", "config.py", "project.py", "full_size.py",
+                "preview.py"}
 # A sampling job asks for a GPU only where its backend runs on one (the ideal backend never does; deepfloyd and
 # tiny do unless device: cpu), so the same rules run on a CPU-only cluster node.
 BACKEND = config["backend"]

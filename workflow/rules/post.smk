@@ -1,10 +1,11 @@
 # The markdown post (Jinja templates) and the Jekyll site.
+from diffusion_post import site
 
 from diffusion_post.site import MATHJAX_VERSION  # torch-free
 
 POST = f"site/_posts/{config['post']['date']}-implementing-diffusion-models.md"
 TEMPLATES = sorted(str(p) for p in Path("templates").rglob("*.j2"))
-SITE_SOURCES = sorted(str(p) for p in Path("site").rglob("*") if p.is_file() and p.parts[1] in ("_layouts", "_includes", "_config.yml", "index.md", "assets") and "figures" not in p.parts and "mathjax" not in p.parts)
+SITE_SOURCES = site.source_files("site")  # layouts, CSS, scripts, pages, _config.yml: not what the build writes there
 
 
 rule post:
