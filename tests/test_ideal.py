@@ -2,6 +2,7 @@
 and the techniques of the post run on it."""
 
 import csv
+import functools
 import math
 import re
 from pathlib import Path
@@ -493,11 +494,11 @@ def test_local_prior_fades_with_the_window_below_the_top_steps_in_both_stages(ca
 def test_top_captions_add_up_a_captions_images_and_keep_the_closest():
     """Captions a, b, b, c and a prompt closest to a: the two images of b hold more weight together (k = 1 lists b,
     then a as the closest), and every caption's share is the sum over its images."""
-    from diffusion_post.backends.image_set import ImageSet
+    from diffusion_post.backends.image_set import ImageSet, set_tensors
 
     captions = ["a", "b", "b", "c"]
     caption_embeds = torch.tensor([[1.0, 0, 0], [0.8, 0.6, 0], [0.8, 0.6, 0], [0, 0, 1.0]], dtype=torch.float64)
-    image_set = ImageSet(np.zeros((4, 128, 128, 3), np.uint8), captions, caption_embeds, temperature=0.5)
+    image_set = ImageSet(set_tensors(np.zeros((4, 128, 128, 3), np.uint8)), captions, caption_embeds, temperature=0.5)
     w = torch.tensor([2.0, 1.6, 1.6, 0.0], dtype=torch.float64).exp()  # exp(cos / 0.5)
     w = w / w.sum()
     a, b, c = w[0].item(), (w[1] + w[2]).item(), w[3].item()
@@ -584,6 +585,30 @@ def test_input_images_given_by_path_join_the_set(tmp_path):
     assert S.captions == ["old tower 2"] and cascade.description["denoiser"] == "local"
     cfg["backend"]["input_captions"] = {"mine": "photo of an old tower"}  # the user's own caption instead
     assert post_config.figure_backend(cfg, post_config.resolve(cfg, "b"))["input_images"] == [[str(photo), "photo of an old tower"]]
+
+
+def test_the_prepared_set_is_the_set_of_its_parts_and_follows_an_edited_input(tmp_path):
+    """The whole set is cached as one file named by what it holds: loading it gives the tensors made from the parts,
+    and changing an input image's bytes (same path, same caption) makes a new one holding the new image."""
+    from diffusion_post.backends import image_set
+
+    photo = tmp_path / "tower.png"
+    draw_shape((200, 100, 30), "cross").save(photo)
+    files = ((str(photo), "tower"),)
+    encoder = functools.cache(bag_of_words_encoder)
+    arguments = (tmp_path / "cache", (), False, False, files, 0.5, bag_of_words_encoder, "bag-of-words-test")
+    S, _, parts = image_set.image_set_of(*arguments)
+    tensors, meta = image_set.prepare_set(tmp_path / "cache", (), False, False, files, encoder, "bag-of-words-test")
+    assert meta["parts"] == parts == ["the input images of config.yaml (1)"] and S.captions == meta["captions"] == ["tower"]
+    for key in ("images_128", *image_set.SET_ARRAYS):
+        assert torch.equal(getattr(S, key), tensors[key]), key
+    assert torch.equal(S.caption_embeds, tensors["caption_embeds"].double())
+    draw_shape((30, 100, 200), "circle").save(photo)  # the same file, other bytes
+    image_set.image_set_of.cache_clear()
+    edited, _, _ = image_set.image_set_of(*arguments)
+    assert not torch.equal(edited.images_128, S.images_128)
+    assert torch.equal(edited.images_128, image_set.set_tensors(image_set.captioned_files(files)[0])["images_128"])
+    assert len(list((tmp_path / "cache" / "ideal").glob("prepared-*.safetensors"))) == 2
 
 
 @pytest.mark.parametrize("size", [(741, 500), (500, 741), (599, 786), (451, 300), (640, 427)])

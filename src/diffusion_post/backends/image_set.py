@@ -8,6 +8,7 @@ vector, i.e. uniform weights, so classifier-free guidance has a true uncondition
 
 import functools
 import hashlib
+import json
 import math
 import re
 from pathlib import Path
@@ -16,10 +17,12 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ..data.emoji_set import load_emoji_set, load_folder
+from ..data.emoji_set import SIZE as EMOJI_SIZE, VERSION as EMOJI_VERSION, load_emoji_set, load_folder
+from ..data.photos import VERSION as PHOTOS_VERSION, photo_set
 from ..denoiser import join_output
 from ..files import atomic_path
 from ..spec import STAGE_1_SIZE
@@ -91,6 +94,7 @@ def cached(compute: Callable[[], dict[str, Tensor]], cache_dir: Path | None, nam
 
 
 SET_ARRAYS = ("y_64", "y_64_sq", "y_sq", "up_4_sq", "y_z")
+SET_VERSION = "set-v2"  # names the cached arrays: bump when set_arrays changes
 
 
 def set_arrays(images_128: Tensor) -> dict[str, Tensor]:
@@ -106,29 +110,36 @@ def set_arrays(images_128: Tensor) -> dict[str, Tensor]:
     return {name: torch.cat(column) for name, column in zip(SET_ARRAYS, zip(*parts))}
 
 
+def set_tensors(images: np.ndarray, cache_dir: Path | None = None, parts: Sequence[int] = ()) -> dict[str, Tensor]:
+    """The stored images (N, 3, 128, 128) uint8 and their set arrays (SET_ARRAYS), from (N, 128, 128, 3) uint8 images.
+    parts: the sizes of the consecutive parts of `images` (emoji, photos, inputs...), whose arrays are cached apart
+    (~10 s for the emoji), so that changing an input image recomputes only its own part."""
+    size = (STORED_SIZE, STORED_SIZE, 3)
+    if images.dtype != np.uint8 or images.shape[1:] != size:
+        raise ValueError(f"expected (N, {', '.join(map(str, size))}) uint8 images: got {images.dtype} {images.shape}")
+    images_128 = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # (N, 3, 128, 128), planes in a row
+    arrays = [cached(lambda part=part: set_arrays(part), cache_dir, SET_VERSION, part.numpy().tobytes())
+              for part in images_128.split(list(parts) if parts else [len(images)])]
+    return {"images_128": images_128, **{k: torch.cat([a[k] for a in arrays]) for k in SET_ARRAYS}}
+
+
 class ImageSet:
     """Captioned images stored as uint8 at 128 px. The 256-px set is their bilinear 2x upsampling y_i, the 64-px
     set its 4x4 area downsampling, so that stage I and stage II describe the same images."""
 
-    def __init__(self, images: np.ndarray, captions: Sequence[str], caption_embeds: Tensor, temperature: float,
-                 cache_dir: Path | None = None, parts: Sequence[int] = ()):
-        """parts: the sizes of the consecutive parts of `images` (emoji, photos, inputs...), whose arrays are cached
-        apart (~10 s for the emoji), so that changing an input image recomputes only its own part."""
-        size = (STORED_SIZE, STORED_SIZE, 3)
-        if images.dtype != np.uint8 or images.shape[1:] != size or len(images) != len(captions):
-            raise ValueError(f"expected (N, {', '.join(map(str, size))}) uint8 images with one caption each: "
-                             f"got {images.dtype} {images.shape}, {len(captions)} captions")
-        self.images_128 = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # (N, 3, 128, 128), planes in a row
+    def __init__(self, tensors: dict[str, Tensor], captions: Sequence[str], caption_embeds: Tensor, temperature: float):
+        """tensors: set_tensors of the images; caption_embeds (N, E), unit rows."""
+        if not len(tensors["images_128"]) == len(captions) == len(caption_embeds):
+            raise ValueError(f"expected one caption and caption vector per image: {len(tensors['images_128'])} images, "
+                             f"{len(captions)} captions, {len(caption_embeds)} vectors")
+        self.images_128 = tensors["images_128"]
         self.captions = list(captions)
-        self.caption_embeds = caption_embeds.double()  # (N, E), unit rows
+        self.caption_embeds = caption_embeds.double()
         self.temperature = temperature
         self._log_weights: dict[tuple, Tensor] = {}
         self.up_2 = resize_matrix(STORED_SIZE, STAGE_2_SIZE, "bilinear", align_corners=False)  # (256, 128)
         self.up_4 = resize_matrix(STAGE_1_SIZE, STAGE_2_SIZE, "bilinear", align_corners=True)  # (256, 64)
-        arrays = [cached(lambda part=part: set_arrays(part), cache_dir, "set-v2", part.numpy().tobytes())
-                  for part in self.images_128.split(list(parts) if parts else [len(images)])]
-        arrays = {k: torch.cat([a[k] for a in arrays]) for k in arrays[0]}
-        self.y_64, self.y_64_sq, self.y_sq, self.up_4_sq, self.y_z = (arrays[k] for k in SET_ARRAYS)
+        self.y_64, self.y_64_sq, self.y_sq, self.up_4_sq, self.y_z = (tensors[k] for k in SET_ARRAYS)
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -222,11 +233,9 @@ def caption_embeddings(captions: Sequence[str], cache_dir: Path, encoder_name: s
 
 def photo_parts(cache_dir: Path) -> tuple[np.ndarray, list[str]]:
     """The sample-photo crops of data.photos, kept under cache_dir/ideal/ (made in ~2 s)."""
-    from ..data import photos
-
-    path = cache_dir / "ideal" / f"photos-{STORED_SIZE}px-v{photos.VERSION}.npz"
+    path = cache_dir / "ideal" / f"photos-{STORED_SIZE}px-v{PHOTOS_VERSION}.npz"
     if not path.exists():
-        images, captions = photos.photo_set()
+        images, captions = photo_set()
         with atomic_path(path) as tmp:
             np.savez(tmp, images=images, captions=np.array(captions))
     with np.load(path) as data:
@@ -242,11 +251,40 @@ def captioned_files(files: Sequence[tuple[Path | str, str]]) -> tuple[np.ndarray
     return np.stack(images), [caption for _, caption in files]
 
 
+def file_digest(path: Path | str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 @functools.lru_cache(maxsize=2)
 def image_set_of(cache_dir: Path, folders: tuple[Path, ...], emoji: bool, photos: bool, files: tuple[tuple[str, str], ...],
                  temperature: float, encoder: Callable[[], Encoder], encoder_name: str) -> tuple[ImageSet, PromptCache, list[str]]:
     """The set, its prompt cache and the names of its parts; kept per process, so that the exact and the local
-    denoiser of one build share one copy."""
+    denoiser of one build share one copy.
+
+    The prepared set (images, caption vectors, set arrays) is kept whole in one file, read lazily from the page cache
+    (safetensors maps it), named by what it is made of (the versions of the emoji and photo parts, the bytes of every
+    other image, the captions' encoder): a process loads it in milliseconds instead of concatenating the parts'
+    caches (~1 s). A changed input makes a new one from the parts, whose own caches spare all but its part."""
+    make_encoder = functools.cache(encoder)  # one model for captions and prompts, loaded on the first miss
+    prompts = PromptCache(cache_dir / "prompt_embeds", encoder_name, make_encoder)
+    folder_files = [sorted(p for p in folder.iterdir() if p.is_file()) for folder in folders]
+    identity = {"prepared": 1, "arrays": SET_VERSION, "encoder": encoder_name,
+                "emoji": f"{EMOJI_SIZE}px-v{EMOJI_VERSION}" if emoji else None, "photos": PHOTOS_VERSION if photos else None,
+                "folders": [[(p.name, file_digest(p)) for p in listing] for listing in folder_files],
+                "files": [(caption, file_digest(path)) for path, caption in files]}
+    path = cache_dir / "ideal" / f"prepared-{hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]}.safetensors"
+    if not path.exists():
+        save_prepared(*prepare_set(cache_dir, folders, emoji, photos, files, make_encoder, encoder_name), path)
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["set"])
+    tensors = load_file(str(path))  # mapped: pages are read as they are used
+    return ImageSet(tensors, meta["captions"], tensors["caption_embeds"], temperature), prompts, meta["parts"]
+
+
+def prepare_set(cache_dir: Path, folders: tuple[Path, ...], emoji: bool, photos: bool, files: tuple[tuple[str, str], ...],
+                make_encoder: Callable[[], Encoder], encoder_name: str) -> tuple[dict[str, Tensor], dict]:
+    """The set's tensors (set_tensors and the caption vectors) made from its parts, each cached apart, and what the
+    tensors hold: the captions and the parts' names with their sizes."""
     named = ([("noto-color-emoji (Debian fonts-noto-color-emoji)", lambda: load_emoji_set(cache_dir))] if emoji else []) \
         + ([("sample photos of scikit-image, scikit-learn and matplotlib", lambda: photo_parts(cache_dir))] if photos else []) \
         + [(folder.name, lambda folder=folder: load_folder(folder)) for folder in folders] \
@@ -254,9 +292,16 @@ def image_set_of(cache_dir: Path, folders: tuple[Path, ...], emoji: bool, photos
     if not named:
         raise ValueError("the ideal backend needs images: keep emoji=True or pass a folder of captioned images")
     parts = [load() for _, load in named]
-    make_encoder = functools.cache(encoder)  # one model for captions and prompts, loaded on the first miss
-    prompts = PromptCache(cache_dir / "prompt_embeds", encoder_name, make_encoder)
-    caption_embeds = torch.cat([caption_embeddings(p[1], cache_dir, encoder_name, make_encoder) for p in parts])
-    image_set = ImageSet(np.concatenate([p[0] for p in parts]), [c for p in parts for c in p[1]], caption_embeds,
-                         temperature, cache_dir, parts=[len(p[1]) for p in parts])
-    return image_set, prompts, [f"{name} ({len(p[1])})" for (name, _), p in zip(named, parts)]
+    tensors = set_tensors(np.concatenate([p[0] for p in parts]), cache_dir, [len(p[1]) for p in parts])
+    tensors["caption_embeds"] = torch.cat([caption_embeddings(p[1], cache_dir, encoder_name, make_encoder) for p in parts])
+    return tensors, {"captions": [c for p in parts for c in p[1]], "parts": [f"{name} ({len(p[1])})" for (name, _), p in zip(named, parts)]}
+
+
+def save_prepared(tensors: dict[str, Tensor], meta: dict, path: Path, keep: int = 4) -> None:
+    """Write a prepared set, then remove all but the `keep` newest (each is ~0.5 GB; a process that has one mapped
+    keeps reading it after its name is gone)."""
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"set": json.dumps(meta)})
+    prepared = sorted(path.parent.glob("prepared-*.safetensors"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in prepared[keep:]:
+        old.unlink(missing_ok=True)
