@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 from diffusion_post import config as post_config  # torch-free: parsing the workflow never imports torch
+from diffusion_post.provenance import seconds_path
 
 try:
     post_config.check(config, Path(workflow.basedir))
@@ -14,7 +15,7 @@ SPECS = {name: post_config.resolve(config, name) for name in FIGURES}
 FRAMES = post_config.figure_frames(config)  # interactive figure -> its frame files
 PACKAGE = Path("src/diffusion_post")  # relative, so a moved or copied project keeps its build state
 # Not used by sampling jobs: their edits must not rerun the models.
-NOT_SAMPLING = {"layout.py", "png.py", "post.py", "site.py", "cli.py", "config.py", "project.py"}
+NOT_SAMPLING = {"layout.py", "png.py", "post.py", "site.py", "cli.py", "config.py", "project.py", "verify.py"}
 # A sampling job asks for a GPU only where its backend runs on one (the ideal backend never does; deepfloyd and
 # tiny do unless device: cpu), so the same rules run on a CPU-only cluster node.
 BACKEND = config["backend"]
@@ -64,7 +65,7 @@ def sample_figure(wildcards, input, output, params):
         wildcards.figure, params.spec, post_config.figure_backend(config, params.spec),  # params.backend: the part that triggers reruns
         inputs={key: input[key] for key in ("image", "mask") if key in input.keys()},
         source=input.source if "source" in input.keys() else None,
-        output=output[0],
+        output=output.result, place=params.place,
     )
 
 
@@ -85,12 +86,19 @@ def made_by(wildcards, input):
     parameters = load_result(input.result)[1]
     return {"figure": wildcards.figure, "technique": parameters["technique"],
             "sampled by": f"rule sample_{FIGURES[wildcards.figure][0]}",
-            "code": f"diffusion_post {parameters['diffusion_post']}", "models": str(parameters["models"])}
+            "code": f"diffusion_post {parameters['code']['version']}", "models": str(parameters["models"])}
 
 
 def result_files():
     """Every raw result: one per figure, and the denoising-metrics table."""
     return [f"results/{name}.safetensors" for name in FIGURES] + (["results/denoising_metrics.json"] if "metrics" in config["post"] else [])
+
+
+def seconds_files():
+    """The seconds each result's job took: its sidecar, written with it (provenance.seconds_path)."""
+    return [str(seconds_path(f)) for f in result_files()]
+
+
 def frame_files():
     """Every frame of the post's interactive figures."""
     return [f for files in FRAMES.values() for f in files]
