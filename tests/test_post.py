@@ -394,7 +394,7 @@ def test_a_disclosure_is_read_from_the_record_and_inert():
     assert shown["Prompts"] == f"“{SPECIALS}”"
     assert shown["Input image"] == f"{odd}, sha256 {'ab' * 32}"
     assert shown["Models"] == "stage 1 IF-I-L, stage 2 DeepFloyd/IF-II-L-v1.0, text encoder DeepFloyd/IF-I-L-v1.0"
-    assert shown["Code"] == f"diffusion_post 0.1.0, commit {PROVENANCE['code']['commit']}, no uncommitted changes"
+    assert shown["Code"] == f"diffusion_post 0.1.0, commit {PROVENANCE['code']['commit']}, its source as committed"
     assert shown["Libraries"] == "python 3.11.7, torch 2.13.0"
     assert (shown["Torch threads"], shown["Processor"]) == ("2", "Some CPU (x86_64)")
     assert shown["Time"] == "12.50 s (10.25 s of it loading the backend)"

@@ -238,8 +238,8 @@ def test_every_figure_shows_how_it_was_made_from_its_own_record(build):
         code, environment = record["code"], record["environment"]
         assert rows["Defined in"] == f"{record['config']} of config.yaml"
         assert record["config"] == (post_config.place(config, name) if name in post_config.figure_table(config) else "post/metrics")
-        assert rows["Code"] == (f"diffusion_post {code['version']}, commit {code['commit']}, "
-                                f"{'with' if code['dirty'] else 'no'} uncommitted changes")
+        assert rows["Code"] == (f"diffusion_post {code['version']}, commit {code['commit']}, its source "
+                                f"{'with uncommitted changes' if code['dirty'] else 'as committed'}")
         assert rows["Libraries"] == ", ".join(f"{lib} {version}" for lib, version in environment["libraries"].items())
         assert rows["Torch threads"] == str(environment["torch_threads"]) and rows["Processor"] == environment["processor"]
         assert rows["Time"].startswith(f"{seconds['seconds']:.2f} s") and seconds["seconds"] > 0
@@ -293,7 +293,8 @@ def outputs(root: Path) -> dict[str, str]:
             for p in sorted((root / folder).rglob("*")) if p.is_file()}
 
 
-VERIFIED = ["forward", "blur", "one_step", "samples", "anagram_village_skull_stage_2"]  # cheap ones, and a stage II
+# The cheapest figures of each kind: the exact denoiser's (denoising), the local one's (a hybrid), a stage II.
+VERIFIED = ["forward", "blur", "one_step", "iterative", "hybrid_gray_color", "hybrid_gray_color_stage_2"]
 
 
 def test_verify_finds_a_fresh_build_identical(build, tmp_path):
@@ -302,7 +303,7 @@ def test_verify_finds_a_fresh_build_identical(build, tmp_path):
     assert status == 0, err[-3000:]
     assert {figure: result for figure, (result, _) in rows.items()} == dict.fromkeys(VERIFIED, "identical")
     assert rows["forward"][1] == "5 files, the same bytes"  # the strip and its 4 frames
-    assert "sampled anagram_village_skull_stage_2" in err and "sampled anagram_village_skull " in err  # its stage I too
+    assert "sampled hybrid_gray_color_stage_2 " in err and "sampled hybrid_gray_color " in err
     assert outputs(build) == before and "Nothing to be done" in snakemake(build, "-n").stdout
 
 

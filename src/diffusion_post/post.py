@@ -209,7 +209,7 @@ def how_made(file: str, record: dict, seconds: dict | None) -> list[tuple[str, s
     code = record.get("code")
     if code:
         state = ("not from a git checkout" if code.get("commit") is None else f"commit {_code(code['commit'])}"
-                 + {True: ", with uncommitted changes", False: ", no uncommitted changes", None: ""}[code.get("dirty")])
+                 + {True: ", its source with uncommitted changes", False: ", its source as committed", None: ""}[code.get("dirty")])
         rows.append(("Code", f"{_code('diffusion_post ' + str(code.get('version')))}, {state}"))
     environment = record.get("environment")
     if environment:

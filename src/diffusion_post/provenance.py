@@ -30,13 +30,14 @@ def _git(*args: str) -> str | None:
 
 @functools.cache
 def code_version() -> dict:
-    """{"version", "commit", "dirty"}: the package version, and the commit of the git repository holding this
-    package's source with whether its tracked files had uncommitted changes (commit and dirty None when the
-    package is not in a checkout of this project, e.g. installed from a wheel). Read once per process."""
+    """{"version", "commit", "dirty"}: the package version, the commit of the git checkout holding this package's
+    source, and whether that source (src/diffusion_post: the code that computes the figures; an edited README or
+    test does not count) differs from the commit, new files included. Commit and dirty are None when the package
+    is not in a checkout of this project (e.g. installed from a wheel). Read once per process."""
     top = _git("rev-parse", "--show-toplevel")
     if top is None or (Path(top) / "src" / PACKAGE.name).resolve() != PACKAGE:
         return {"version": __version__, "commit": None, "dirty": None}
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    status = _git("status", "--porcelain", "--", ".")  # the package's folder only
     return {"version": __version__, "commit": _git("rev-parse", "HEAD"), "dirty": None if status is None else bool(status)}
 
 
