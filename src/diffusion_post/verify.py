@@ -44,7 +44,7 @@ def verify(root: Path | str = ".", published: Path | str | None = None, names: l
     root = Path(root).resolve()
     config = post_config.load(root / "config.yaml")
     files = post_config.files_by_figure(config)
-    names = list(files) if not names else names
+    names = list(dict.fromkeys(names or files))  # in the order given, once each
     unknown = [n for n in names if n not in files]
     if unknown:
         raise post_config.ConfigError(f"no figure {unknown[0]!r} in {root / 'config.yaml'}: use one of {', '.join(files)}")
