@@ -169,7 +169,7 @@ def _value(value) -> str:
 def how_made(file: str, record: dict, seconds: dict | None) -> list[tuple[str, str]]:
     """The rows of "How this figure was made" under an image of the post, (label, HTML), all from the figure's
     record (the PNG's own; an animation's is its figure's PNG) and the seconds its job took (its sidecar)."""
-    rows = []
+    rows = []  # what the figure is
     if "config" in record:
         rows.append(("Defined in", f"{_code(record['config'])} of config.yaml"))
     if "technique" in record:
@@ -179,7 +179,7 @@ def how_made(file: str, record: dict, seconds: dict | None) -> list[tuple[str, s
         rows.append(("Made from", f"the result of figure {_code(record['source'])}"))
     if "methods" in record:
         rows.append(("Compares", ", ".join(f"{_html(m)} (figure {_code(f)})" for m, f in record["methods"].items())))
-    prompts = record.get("prompts", [record["prompt"]] if "prompt" in record else [])
+    prompts = record.get("prompts", [record["prompt"]] if "prompt" in record else [])  # how it was sampled
     if prompts:
         rows.append(("Prompts", ", ".join(_quoted(p) for p in prompts)))
     if "seed" in record:
@@ -196,7 +196,7 @@ def how_made(file: str, record: dict, seconds: dict | None) -> list[tuple[str, s
     others = {k: v for k, v in record.items() if k not in SHOWN_APART}
     if others:
         rows.append(("Parameters", ", ".join(f"{_html(k)} {_value(v)}" for k, v in sorted(others.items()))))
-    models = record.get("models")
+    models = record.get("models")  # from what
     if models:
         denoiser = f", its {_code(models['denoiser'])} denoiser" if models.get("denoiser") else ""
         rows.append(("Backend", _code(models.get("backend")) + denoiser))
@@ -206,7 +206,7 @@ def how_made(file: str, record: dict, seconds: dict | None) -> list[tuple[str, s
             rows.append(("Models", ", ".join(ids)))
     for key, file_record in record.get("input_files", {}).items():
         rows.append((f"Input {_html(key)}", f"{_code(file_record['file'])}, sha256 {_code(file_record['sha256'])}"))
-    code = record.get("code")
+    code = record.get("code")  # by which code, where, and how long it took
     if code:
         state = ("not from a git checkout" if code.get("commit") is None else f"commit {_code(code['commit'])}"
                  + {True: ", its source with uncommitted changes", False: ", its source as committed", None: ""}[code.get("dirty")])
