@@ -3,6 +3,8 @@
 #   snakemake -n                   what would rerun, and why
 #   snakemake --cores 1 figures    figures only;  snakemake --cores 1 post   figures + the markdown post
 #   snakemake --cores 1 data / train   the trained backend's data set / training run (GPU; not in the default target)
+#   snakemake --cores 1 verify     rebuild the figures in a scratch folder, compare with the published ones (not default)
+#   snakemake --cores 1 rulegraph  docs/rulegraph.svg, the picture of the rules in the README (not default)
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -37,6 +39,7 @@ include: "workflow/rules/sampling.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/post.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/provenance.smk"
 
 
 # On a cluster only the sampling jobs are submitted; layout, post and site are cheap and run where Snakemake runs.
@@ -53,6 +56,8 @@ localrules:
     site,
     emojibase,
     data,
+    verify,
+    rulegraph,
 
 
 # Every figure and result is a target itself, not only an input of the site: Snakemake does not remake a missing

@@ -2,11 +2,12 @@
 # Install the Debian packages the site build and the browser checks need:
 # jekyll (build), chromium (headless checks, driven by pip's playwright), fonts-noto-color-emoji (default images),
 # slurm-wlm and munge (the single-node SLURM cluster of tests/test_slurm.py, scripts/slurm_cluster.sh),
+# graphviz (`dot` draws the workflow's rule graph, docs/rulegraph.svg: `snakemake --cores 1 rulegraph`),
 # and npm only when no npm is on PATH (it fetches MathJax once).
 # Idempotent: does nothing, not even `apt-get update`, when everything is installed.
 set -euo pipefail
 
-packages=(jekyll chromium fonts-noto-color-emoji slurm-wlm munge)
+packages=(jekyll chromium fonts-noto-color-emoji slurm-wlm munge graphviz)
 command -v npm >/dev/null 2>&1 || packages+=(npm)
 
 missing=()

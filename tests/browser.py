@@ -243,13 +243,15 @@ class Browser:
             Browser._driver = None
 
     @contextlib.contextmanager
-    def open(self, url: str, *, width: int | None = None, height: int | None = None,
-             timeout: float = 30) -> Iterator[tuple["object", PageReport]]:
+    def open(self, url: str, *, width: int | None = None, height: int | None = None, timeout: float = 30,
+             javascript: bool = True) -> Iterator[tuple["object", PageReport]]:
         """A fresh page (own context: no cache, no cookies) at `url`, checked; yields (Playwright page, report).
+        With javascript=False the page's scripts do not run (the checks' own evaluations still do).
 
         The report's console errors, exceptions and requests keep growing while the page is used.
         """
-        context = self._browser.new_context(viewport={"width": width or self.width, "height": height or self.height})
+        context = self._browser.new_context(viewport={"width": width or self.width, "height": height or self.height},
+                                            java_script_enabled=javascript)
         try:
             page = context.new_page()
             page.set_default_timeout(timeout * 1000)

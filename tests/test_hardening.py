@@ -463,8 +463,10 @@ def snakemake(cwd: Path, *args: str, check: bool = True) -> subprocess.Completed
 
 
 def digests(root: Path) -> dict[str, str]:
+    """Every figure and result (not the seconds each job took, which differ from run to run)."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for folder in ("figures", "results") for p in sorted((root / folder).rglob("*")) if p.is_file()}
+            for folder in ("figures", "results") for p in sorted((root / folder).rglob("*"))
+            if p.is_file() and not p.name.endswith(".seconds.json")}
 
 
 def leftovers(root: Path) -> list[str]:

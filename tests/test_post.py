@@ -2,6 +2,7 @@
 post.render end to end (tiny PNGs carrying the model description). No model runs; nothing is downloaded."""
 
 import copy
+import html
 import re
 from pathlib import Path
 
@@ -48,11 +49,27 @@ CHOICES = [{"prompt": "a high quality photo", "denoiser": "local", "captions": [
     {"caption": "stars", "images": 1, "weight": 0.0002}]}]
 
 
+PROVENANCE = {"code": {"version": "0.1.0", "commit": "0123456789abcdef0123456789abcdef01234567", "dirty": False},
+              "environment": {"libraries": {"python": "3.11.7", "torch": "2.13.0"}, "torch_threads": 2,
+                              "processor": "Some CPU (x86_64)", "device": "cpu"}}
+
+
+def fake_record(config: dict, name: str, models: dict = IDEAL) -> dict:
+    """What a figure's PNG would carry (build.make_result), without sampling."""
+    spec = post_config.resolve(config, name)
+    return {"figure": name, "config": post_config.place(config, name), **spec, "models": models,
+            "timesteps_sampled": post_config.timesteps(spec), "input_files": {}, **PROVENANCE}
+
+
 def context(config: dict, models: dict = IDEAL, metrics: dict | None | str = "fake", choices: list = CHOICES) -> dict:
     specs = specs_of(config)
     images = post.image_context(post_config.figure_files(config), post_config.figure_frames(config),
                                 size_of=lambda f: (64 * (1 + len(f) % 3), 64))  # no files: made-up sizes
+    records = {name: fake_record(config, name, models) for name in specs}
+    provenance = {Path(f).name: post.how_made(f, records.get(post_config.figure_of(f), {}), {"seconds": 1.5, "loading": 0})
+                  for f in post_config.figure_files(config)}
     return {
+        "provenance": provenance,
         "post": config["post"], "seed": config["seed"], "defaults": config["defaults"], "inputs": config["inputs"],
         "fig": specs, **images, "frame_values": lambda spec: post_config.frame_values(spec, specs),
         "models": models, "backend_summary": post.backend_summary(models),
@@ -343,3 +360,47 @@ def test_rarer_options_render():
     assert "the unconditional prompt <span class=\"no-math\">“blurry &lt;low&gt; quality”</span>" in text
     assert "10 evenly spaced timesteps (900, 800, ..., 0)" in text
     assert "stage I runs the 34 timesteps 990, 960, ..., 0" in text
+
+
+DISCLOSURE = re.compile(r'<details class="provenance no-math">\n<summary>How this figure was made</summary>\n<dl>\n'
+                        r'((?:<dt>[^\n]*</dt><dd>[^\n]*</dd>\n)+)</dl>\n</details>\n\n')
+
+
+def test_every_figure_says_how_it_was_made(ctx, text):
+    """Right under each figure's caption, a collapsed disclosure: its rows (post.how_made), the last the command that
+    rebuilds only that file; a blank line after it, so the markdown that follows starts afresh."""
+    for file in figure_urls(ctx):
+        after = text.split(f"/{file})", 1)[1].split("\n{: .caption}\n\n", 1)[1]
+        match = DISCLOSURE.match(after)
+        assert match, (file, after[:300])
+        rows = re.findall(r"<dt>(.*?)</dt><dd>(.*?)</dd>", match.group(1))
+        assert rows == ctx["provenance"][file]
+        assert rows[-1][0] == "Rebuild only it" and html.unescape(rows[-1][1]) == f"<code>snakemake --cores 1 figures/{file}</code>"
+    assert text.count('<details class="provenance') == len(figure_urls(ctx))
+
+
+def test_a_disclosure_is_read_from_the_record_and_inert():
+    """The rows come from the record given (not from the config), every value shown literally: no HTML, markdown,
+    Liquid or MathJax syntax survives; a local model folder by its name only."""
+    odd = "my `odd` $x$ {{ page.title }}.png"
+    record = {**fake_record(load_config(), "cfg_samples", models={**DEEPFLOYD, "stage_1": "/home/me/models/IF-I-L"}),
+              "seed": 7, "prompt": SPECIALS, "input_files": {"image": {"file": odd, "sha256": "ab" * 32}}}
+    rows = dict(post.how_made("figures/cfg_samples.png", record, {"seconds": 12.5, "loading": 10.25}))
+    for value in rows.values():
+        bare = re.sub(r"&#\d+;|</?code>", "", value)  # entities and the code spans the rows write
+        assert not re.search(r"[<>&*_`$|\[\]{}#\\]", bare), value
+    shown = {label: html.unescape(re.sub(r"</?code>", "", value)) for label, value in rows.items()}
+    assert shown["Seed"] == "7" and shown["Defined in"] == "figures/sampling/cfg_samples of config.yaml"
+    assert shown["Prompts"] == f"“{SPECIALS}”"
+    assert shown["Input image"] == f"{odd}, sha256 {'ab' * 32}"
+    assert shown["Models"] == "stage 1 IF-I-L, stage 2 DeepFloyd/IF-II-L-v1.0, text encoder DeepFloyd/IF-I-L-v1.0"
+    assert shown["Code"] == f"diffusion_post 0.1.0, commit {PROVENANCE['code']['commit']}, its source as committed"
+    assert shown["Libraries"] == "python 3.11.7, torch 2.13.0"
+    assert (shown["Torch threads"], shown["Processor"]) == ("2", "Some CPU (x86_64)")
+    assert shown["Time"] == "12.50 s (10.25 s of it loading the backend)"
+    assert shown["Guidance"] == "classifier-free, γ = 7, unconditional prompt “”"
+    assert shown["Schedule"] == "start 990, stride 30: 34 steps, t = 990 to 0"
+    assert shown["Rebuild only it"] == "snakemake --cores 1 figures/cfg_samples.png"
+    bare = dict(post.how_made("figures/forward.png", {"figure": "forward", "code": {**PROVENANCE["code"], "commit": None,
+                                                                                      "dirty": None}}, None))
+    assert html.unescape(bare["Code"]) == "<code>diffusion_post 0.1.0</code>, not from a git checkout" and "Time" not in bare

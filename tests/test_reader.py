@@ -221,3 +221,20 @@ def test_the_page_fits_the_screen(browser, served, build, width, tmp_path):
         assert figure["width"] >= min(256, width - 40)  # a 64-px frame is shown at least 4x: pixels, not blur
         rendering = page.locator(".interactive img.frame").first.evaluate("i => getComputedStyle(i).imageRendering")
         assert rendering == "pixelated"
+
+
+def test_how_each_figure_was_made_opens_without_javascript_and_fits_a_phone(browser, served, config):
+    """With the page's scripts off (no figure script, no MathJax), every figure has its collapsed "How this figure
+    was made"; a click opens it, and all of them open, the page is still no wider than a phone."""
+    with browser.open(served, width=390, javascript=False) as (page, report):
+        assert report.mathjax_version is None and report.sliders == 0  # the scripts did not run
+        boxes = page.locator("details.provenance")
+        assert boxes.count() == len(post_config.figure_files(config))
+        for k in range(boxes.count()):
+            box = boxes.nth(k)
+            assert box.locator("summary").inner_text() == "How this figure was made"
+            assert not box.locator("dl").is_visible()
+            box.locator("summary").click()
+            assert box.locator("dt").first.is_visible() and box.locator("dd").last.inner_text().startswith("snakemake --cores 1 figures/")
+        assert page.evaluate("() => document.documentElement.scrollWidth") == 390
+        assert page.locator("details.provenance[open]").count() == boxes.count()

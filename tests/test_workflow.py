@@ -108,6 +108,7 @@ def test_one_prompt_edit_reruns_exactly_its_figures(build, tmp_path):
     assert scheduled_outputs(edited) == {
         "results/anagram_citadel_castle.safetensors", "figures/anagram_citadel_castle.png",
         "results/anagram_citadel_castle_stage_2.safetensors", "figures/anagram_citadel_castle_stage_2.png",
+        "results/anagram_citadel_castle.seconds.json", "results/anagram_citadel_castle_stage_2.seconds.json",
         "figures/anagram_citadel_castle_stage_2.gif", post, "site/_site/index.html",
         *frames["anagram_citadel_castle"], *frames["anagram_citadel_castle_stage_2"],
         *(f"site/assets/{f}" for f in post_config.figure_files(config) + [f for fs in frames.values() for f in fs]),
@@ -175,3 +176,190 @@ def test_post_lists_what_each_prompt_picks_in_the_set_from_its_figures(build):
     shown = [line for line in text.split("## What the prompts pick in the set")[1].splitlines() if line.startswith("- ")]
     assert shown == list(lines.values())
     assert ("a high quality photo", "local") in lines and ("a high quality photo", "exact") in lines
+
+
+# --- how each figure was made, and verify -----------------------------------------------------------------------------
+
+def disclosures(root: Path) -> dict[str, dict[str, str]]:
+    """What a reader sees under each figure of the built page: figure file name -> {label: text} of its
+    "How this figure was made" (tags dropped, entities read)."""
+    from html.parser import HTMLParser
+
+    from diffusion_post import site
+
+    found: dict[str, dict[str, str]] = {}
+
+    class Reader(HTMLParser):
+        image = cell = None
+        label = ""
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            if tag == "img" and "/assets/figures/" in attrs.get("src", ""):
+                self.image = attrs["src"].rsplit("/", 1)[1]
+            elif tag == "details" and "provenance" in attrs.get("class", ""):
+                assert self.image not in found, f"two disclosures after {self.image}"
+                found[self.image] = {}
+            elif tag in ("dt", "dd", "summary"):
+                self.cell = [tag, ""]
+
+        def handle_endtag(self, tag):
+            if self.cell and tag == self.cell[0]:
+                kind, text = self.cell
+                if kind == "summary":
+                    assert text == "How this figure was made"
+                elif kind == "dt":
+                    self.label = text
+                else:
+                    found[self.image][self.label] = text
+                self.cell = None
+
+        def handle_data(self, data):
+            if self.cell:
+                self.cell[1] += data
+
+    Reader(convert_charrefs=True).feed(site.built_post_path(root / "site" / "_site", post_path(root).name).read_text())
+    return found
+
+
+def test_every_figure_shows_how_it_was_made_from_its_own_record(build):
+    """Each disclosure of the built page says what the figure's PNG record and its job's seconds say (read here from
+    the files, not through post.how_made), and the command that rebuilds only that file."""
+    from diffusion_post.png import read_parameters
+    from diffusion_post.provenance import read_seconds
+
+    config = yaml.safe_load((build / "config.yaml").read_text())
+    shown = disclosures(build)
+    assert set(shown) == {Path(f).name for f in post_config.figure_files(config)}
+    for file, rows in shown.items():
+        name = post_config.figure_of(file)
+        record = read_parameters(build / "figures" / f"{name}.png" if file.endswith(".gif") else build / "figures" / file)
+        seconds = read_seconds(build / "results" / f"{name}.seconds.json")
+        code, environment = record["code"], record["environment"]
+        assert rows["Defined in"] == f"{record['config']} of config.yaml"
+        assert record["config"] == (post_config.place(config, name) if name in post_config.figure_table(config) else "post/metrics")
+        assert rows["Code"] == (f"diffusion_post {code['version']}, commit {code['commit']}, its source "
+                                f"{'with uncommitted changes' if code['dirty'] else 'as committed'}")
+        assert rows["Libraries"] == ", ".join(f"{lib} {version}" for lib, version in environment["libraries"].items())
+        assert rows["Torch threads"] == str(environment["torch_threads"]) and rows["Processor"] == environment["processor"]
+        assert rows["Time"].startswith(f"{seconds['seconds']:.2f} s") and seconds["seconds"] > 0
+        assert rows["Rebuild only it"] == f"snakemake --cores 1 figures/{file}"
+        if name == "denoising_metrics":
+            assert rows["Compares"] == ", ".join(f"{m} (figure {f})" for m, f in record["methods"].items())
+            continue
+        assert rows["Technique"].split()[0] == record["technique"] and rows["Seed"] == str(record["seed"])
+        assert rows["Backend"] == f"{record['models']['backend']}, its {record['models']['denoiser']} denoiser"
+        prompts = record.get("prompts", [record["prompt"]] if "prompt" in record else [])
+        assert rows.get("Prompts") == (", ".join(f"“{p}”" for p in prompts) if prompts else None)
+        for key, input_file in record["input_files"].items():
+            assert rows[f"Input {key}"] == f"{input_file['file']}, sha256 {input_file['sha256']}"
+        assert len([label for label in rows if label.startswith("Input ")]) == len(record["input_files"])
+    assert shown["setup_stage_2.png"]["Technique"] == "upsample (stage II)"
+    assert shown["setup_stage_2.png"]["Made from"] == "the result of figure setup_stage_1"
+
+
+def test_the_command_a_reader_copies_rebuilds_the_same_bytes(build, tmp_path):
+    """Copy the command under a figure, run it in a project without that figure: the published bytes."""
+    import shlex
+
+    command = shlex.split(disclosures(build)["forward.png"]["Rebuild only it"])
+    assert command[:3] == ["snakemake", "--cores", "1"]
+    clone = tmp_path / "clone"
+    shutil.copytree(build, clone, symlinks=True, ignore=shutil.ignore_patterns("figures", "results", ".snakemake"))
+    snakemake(clone, *command[1:])
+    for published in (build / "site/assets/figures").glob("forward*"):
+        for path in [published] if published.is_file() else sorted(published.iterdir()):
+            assert digest(clone / "figures" / path.relative_to(build / "site/assets/figures")) == digest(path), path
+
+
+def run_verify(project: Path, tmp_path: Path, *args: str) -> tuple[int, dict[str, tuple[str, str]], str]:
+    """`diffusion-post verify ARGS` in `project`, its scratch folders under tmp_path/tmp: (exit status,
+    {figure: (result, detail)} of its table, what it printed on stderr)."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    run = subprocess.run([sys.executable, "-m", "diffusion_post.cli", "verify", *args], cwd=project, capture_output=True,
+                         text=True, env={**os.environ, "TMPDIR": str(scratch)})
+    assert not list(scratch.iterdir()), "verify left its scratch folder"
+    rows = {}
+    for line in run.stdout.splitlines()[1:-1]:
+        figure, rest = line.split(maxsplit=1)
+        status = next(s for s in ("identical", "differs", "cannot compare") if rest.startswith(s))
+        rows[figure] = (status, rest[len(status):].strip())
+    return run.returncode, rows, run.stderr
+
+
+def outputs(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): digest(p) for folder in ("figures", "results", "site/assets/figures")
+            for p in sorted((root / folder).rglob("*")) if p.is_file()}
+
+
+# The cheapest figures of each kind: the exact denoiser's (denoising), the local one's (a hybrid), a stage II.
+VERIFIED = ["forward", "blur", "one_step", "iterative", "hybrid_gray_color", "hybrid_gray_color_stage_2"]
+
+
+def test_verify_finds_a_fresh_build_identical(build, tmp_path):
+    before = outputs(build)
+    status, rows, err = run_verify(build, tmp_path, "--figures", *VERIFIED)
+    assert status == 0, err[-3000:]
+    assert {figure: result for figure, (result, _) in rows.items()} == dict.fromkeys(VERIFIED, "identical")
+    assert rows["forward"][1] == "5 files, the same bytes"  # the strip and its 4 frames
+    assert "sampled hybrid_gray_color_stage_2 " in err and "sampled hybrid_gray_color " in err
+    assert outputs(build) == before and "Nothing to be done" in snakemake(build, "-n").stdout
+
+
+def test_verify_names_a_changed_pixel_and_an_edited_parameter(build, tmp_path):
+    """One pixel of a published figure (its record kept), and a prompt edited in config.yaml without a rebuild."""
+    from diffusion_post.png import read_parameters, save_png
+    from PIL import Image
+
+    project = tmp_path / "project"
+    shutil.copytree(build, project, symlinks=True)
+    blur = project / "site/assets/figures/blur.png"
+    image = Image.open(blur).convert("RGB")
+    r, g, b = image.getpixel((5, 5))
+    image.putpixel((5, 5), (r ^ 1, g, b))
+    save_png(image, blur, read_parameters(blur))
+    config = yaml.safe_load((project / "config.yaml").read_text())
+    config["figures"]["denoising"]["one_step"]["prompt"] = "a photo of a dog"
+    (project / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    status, rows, err = run_verify(project, tmp_path, "--figures", "forward", "blur", "one_step")
+    assert status == 1, err[-3000:]
+    assert rows["forward"][0] == "identical"
+    assert rows["blur"] == ("differs", "blur.png: other pixels; nothing recorded explains it")
+    assert rows["one_step"][0] == "differs" and "the records differ in parameters (" in rows["one_step"][1]
+    assert 'prompt "a high quality photo" -> "a photo of a dog"' in rows["one_step"][1]
+
+
+@pytest.mark.skipif(not Path("/proc/self/cwd").exists(), reason="looks for leftover processes in /proc")
+def test_verify_interrupted_leaves_nothing(build, tmp_path):
+    """Ctrl-C while verify rebuilds: its Snakemake stops, the scratch folder goes, the project is as it was."""
+    import signal
+    import time
+
+    before = outputs(build)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # SIGINT as from a terminal (see test_hardening)
+    try:
+        run = subprocess.Popen([sys.executable, "-m", "diffusion_post.cli", "verify", "--figures", "samples"], cwd=build,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(scratch)})
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    deadline = time.monotonic() + 300
+    while not list(scratch.glob("*/project/.snakemake/incomplete")) and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)  # Snakemake has started the sampling job
+    assert run.poll() is None, "verify finished before the signal"
+    run.send_signal(signal.SIGINT)
+    out, err = run.communicate(timeout=300)
+    assert run.returncode == 130 and "interrupted" in err, err[-2000:]
+    assert not list(scratch.iterdir())
+    working_there = [p for p in Path("/proc").iterdir() if p.name.isdigit() and str(scratch) in _cwd(p)]
+    assert not working_there
+    assert outputs(build) == before
+
+
+def _cwd(process: Path) -> str:
+    try:
+        return os.readlink(process / "cwd")
+    except OSError:
+        return ""

@@ -10,7 +10,7 @@ from typing import Iterator
 
 import torch
 
-from . import __version__, figures
+from . import figures, provenance
 from .config import check_finite
 from .spec import encoded_prompts, prompts_of, timesteps
 from .backends import encode_prompts, load_backend
@@ -64,16 +64,19 @@ def encode_prompt(prompt: str, backend: dict, output: str) -> None:
 
 
 def make_result(name: str, spec: dict, backend: dict, inputs: dict[str, str], source: str | None, output: str,
-                progress: bool = False) -> None:
-    """Sample one figure: resolved parameters in, a results/<name>.safetensors out (written atomically); logs
-    SAMPLED_MESSAGE with the seconds it took (a model load included, where this call made one). Refuses a number
-    that is not finite among the parameters, and a result that is not finite (nothing is written then)."""
+                progress: bool = False, place: str | None = None) -> None:
+    """Sample one figure: resolved parameters in, a results/<name>.safetensors out (written atomically), with its
+    record: the parameters, `place` (where config.yaml defines it, figures/SECTION/NAME), the code version and the
+    environment (provenance.record). The seconds it took (a model load included, where this call made one) go to
+    the sidecar provenance.seconds_path(output) and to the log (SAMPLED_MESSAGE). Refuses a number that is not finite
+    among the parameters, and a result that is not finite (nothing is written then)."""
     start = time.perf_counter()
     keep_freed_memory()
     torch.set_num_threads(SAMPLING_THREADS)
     check_finite({"figures": {name: spec}, "backend": backend})
     with out_of_memory_explained(f"sampling the figure {name}"):
         cascade = load_backend(backend)
+        loading = time.perf_counter() - start
         size = cascade.stage_1.sample_size
         ctx = figures.Context(
             cascade=cascade, name=name, spec=spec, progress=progress,
@@ -85,14 +88,16 @@ def make_result(name: str, spec: dict, backend: dict, inputs: dict[str, str], so
     if broken:
         raise ValueError(f"figure {name}: sampling gave NaN or infinite values in its {broken[0]}, so nothing was written: "
                          f"look for an extreme value among its parameters (guidance_scale, sigma, the backend's temperatures)")
-    parameters = {"figure": name, **spec, "timesteps_sampled": timesteps(spec), "models": cascade.description,
-                  "input_files": {key: file_record(path) for key, path in inputs.items()}, "diffusion_post": __version__,
-                  "torch_threads": torch.get_num_threads()}  # CPU kernels' results depend on it (bench_reproducibility)
+    parameters = {"figure": name, **({"config": place} if place else {}), **spec, "timesteps_sampled": timesteps(spec),
+                  "models": cascade.description, "input_files": {key: file_record(path) for key, path in inputs.items()},
+                  **provenance.record(getattr(cascade.stage_1, "device", "cpu"))}
     weights_of = getattr(cascade.stage_1, "prompt_weights", None)  # the ideal backend: what each prompt picks in its set
     if weights_of is not None and ("prompt" in spec or "prompts" in spec):
         parameters["prompt_weights"] = weights_of(prompts_of(spec))
     save_result(tensors, output, parameters)
-    print(f"{SAMPLED_MESSAGE} {name} in {time.perf_counter() - start:.2f} s", file=sys.stderr, flush=True)
+    seconds = time.perf_counter() - start
+    provenance.write_seconds(provenance.seconds_path(output), seconds, loading)
+    print(f"{SAMPLED_MESSAGE} {name} in {seconds:.2f} s", file=sys.stderr, flush=True)
 
 
 def file_record(path: str) -> dict:

@@ -1,5 +1,5 @@
 """diffusion-post: preview the post as you edit it, make one figure without Snakemake, inspect a figure's parameters,
-manage inputs and caches."""
+verify the published figures, manage inputs and caches."""
 
 import argparse
 import json
@@ -29,7 +29,8 @@ def _figure(args) -> None:
     result = f"results/{args.name}.safetensors"
     backend = post_config.figure_backend(config, spec)
     encode_figure_prompts(spec, backend)  # T5 released before the UNets load
-    make_result(args.name, post_config.sampling_spec(spec), backend, inputs, source, result, progress=True)
+    make_result(args.name, post_config.sampling_spec(spec), backend, inputs, source, result, progress=True,
+                place=post_config.place(config, args.name))
     output = args.output or f"figures/{args.name}.png"
     layout.figure(result, output)
     print(output)
@@ -39,6 +40,14 @@ def _describe(args) -> None:
     from .png import read_parameters
 
     print(json.dumps(read_parameters(args.png), indent=2, sort_keys=True))
+
+
+def _verify(args) -> int:
+    from .verify import IDENTICAL, table, verify
+
+    rows = verify(".", args.published, args.figures, cores=args.cores)
+    print(table(rows))
+    return 0 if all(row.status == IDENTICAL for row in rows) else 1
 
 
 def _inputs(args) -> None:
@@ -102,6 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("png")
     p.set_defaults(run=_describe)
 
+    p = commands.add_parser("verify", help="rebuild the figures in a scratch folder and compare them with the published "
+                                           "ones (exit 0 only when every one is identical)")
+    p.add_argument("--figures", nargs="+", metavar="NAME", help="check only these figures (default: all)")
+    p.add_argument("--published", help="the published figures (default: site/assets/figures)")
+    p.add_argument("--cores", type=int, default=1, help="cores of the rebuild (default 1; the figures do not depend on it)")
+    p.set_defaults(run=_verify)
+
     p = commands.add_parser("inputs", help="list the input images the project ships (builtin:NAME)")
     p.set_defaults(run=_inputs)
 
@@ -118,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     try:
-        args.run(args)
+        status = args.run(args) or 0
     except (ValueError, OSError, RuntimeError) as error:  # every expected failure: one line, no traceback
         if isinstance(error, OSError) and error.filename is not None:
             message = f"{error.filename}: {error.strerror.lower()}: check the path"
@@ -129,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("diffusion-post: interrupted (nothing half-written is left: every output is written atomically)", file=sys.stderr)
         return 130
-    return 0
+    return status
 
 
 if __name__ == "__main__":

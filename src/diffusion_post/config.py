@@ -111,6 +111,11 @@ def figure_table(config: dict) -> dict[str, tuple[str, dict]]:
     return table
 
 
+def place(config: dict, name: str) -> str:
+    """Where config.yaml defines a figure: figures/SECTION/NAME."""
+    return f"figures/{figure_table(config)[name][0]}/{name}"
+
+
 def resolve(config: dict, name: str) -> dict:
     """A figure's parameters: defaults, then (for stage II) its source's, then its own, plus the seed."""
     section, own = figure_table(config)[name]
@@ -174,6 +179,22 @@ def frame_values(spec: dict, specs: dict[str, dict]) -> list:
     if technique == "anagram" or spec.get("source_technique") == "anagram":
         return list(spec["views"])
     return []
+
+
+def figure_of(path: str) -> str:
+    """The figure an image file belongs to: figures/iterative-comparison.png, iterative.png, iterative/frame-2.png
+    -> iterative (figure names are [a-z0-9_]+); figures/denoising_metrics.png -> denoising_metrics."""
+    parts = Path(path).parts
+    folder = parts[-2] if len(parts) > 1 and parts[-1].startswith("frame-") else None
+    return folder or parts[-1].split(".")[0].split("-")[0]
+
+
+def files_by_figure(config: dict) -> dict[str, list[str]]:
+    """figure name -> every image file the post shows of it (figure_files, then its frames), in config order."""
+    files: dict[str, list[str]] = {}
+    for f in figure_files(config) + [f for fs in figure_frames(config).values() for f in fs]:
+        files.setdefault(figure_of(f), []).append(f)
+    return files
 
 
 def figure_frames(config: dict) -> dict[str, list[str]]:

@@ -20,10 +20,11 @@ import jinja2
 
 from PIL import Image
 
-from .config import frame_values, shown_timesteps
+from .config import NO_SCHEDULE, figure_of, frame_values, shown_timesteps
 from .spec import timesteps
 from .files import atomic_path
 from .png import read_parameters
+from .provenance import read_seconds
 
 PERMALINK = "/:year/:month/:day/:title:output_ext"  # the post's page, 3 folders below the site's root
 FIGURE_URL = "../" * (PERMALINK.count("/") - 1) + "assets/figures/{}"  # relative to the post's page
@@ -75,6 +76,7 @@ def environment(templates: Path | str) -> jinja2.Environment:
     env.globals["permalink"] = PERMALINK
     env.filters["tojson"] = lambda value: json.dumps(value, ensure_ascii=False)
     env.filters["captions"] = caption_shares
+    env.filters["figure_of"] = figure_of
     return env
 
 
@@ -134,10 +136,111 @@ def prompt_choices(specs: dict[str, dict], figure_files: list[str]) -> list[dict
     return [{"prompt": prompt, "denoiser": denoiser, "captions": captions} for (prompt, denoiser), captions in rows.items()]
 
 
+REBUILD_COMMAND = "snakemake --cores 1 figures/{}"  # rebuilds only that file (and what it needs that is missing)
+# Record keys the disclosure shows in rows of their own (how_made); every other parameter goes under "Parameters".
+SHOWN_APART = {"figure", "config", "technique", "source", "source_technique", "methods", "prompt", "prompts",
+               "unconditional_prompt", "guidance_scale", "seed", "start", "stride", "num_inference_steps",
+               "timesteps_sampled", "denoiser", "models", "image", "input_files", "code", "environment", "panel",
+               "frame", "prompt_weights"}
+
+
+_INERT = re.compile(f"[&\"']|{_MARKDOWN_SPECIAL.pattern}")  # HTML's special characters and markdown's
+
+
+def _html(value) -> str:
+    """Text as inert HTML: every character that HTML, markdown or MathJax could read as syntax as a numeric
+    entity, so it shows literally whether or not kramdown reads the block as markdown."""
+    return _INERT.sub(lambda m: f"&#{ord(m.group(0))};", str(value))
+
+
+def _code(value) -> str:
+    return f"<code>{_html(value)}</code>"
+
+
+def _quoted(prompt: str) -> str:
+    return f"“{_html(prompt)}”"
+
+
+def _value(value) -> str:
+    """A parameter's value as the config writes it: true, null, [2, 20, 24, 42]."""
+    return _code(json.dumps(value, ensure_ascii=False))
+
+
+def how_made(file: str, record: dict, seconds: dict | None) -> list[tuple[str, str]]:
+    """The rows of "How this figure was made" under an image of the post, (label, HTML), all from the figure's
+    record (the PNG's own; an animation's is its figure's PNG) and the seconds its job took (its sidecar)."""
+    rows = []  # what the figure is
+    if "config" in record:
+        rows.append(("Defined in", f"{_code(record['config'])} of config.yaml"))
+    if "technique" in record:
+        stage_2 = " (stage II)" if record["technique"] == "upsample" else ""
+        rows.append(("Technique", _code(record["technique"]) + stage_2))
+    if "source" in record:
+        rows.append(("Made from", f"the result of figure {_code(record['source'])}"))
+    if "methods" in record:
+        rows.append(("Compares", ", ".join(f"{_html(m)} (figure {_code(f)})" for m, f in record["methods"].items())))
+    prompts = record.get("prompts", [record["prompt"]] if "prompt" in record else [])  # how it was sampled
+    if prompts:
+        rows.append(("Prompts", ", ".join(_quoted(p) for p in prompts)))
+    if "seed" in record:
+        rows.append(("Seed", _code(record["seed"])))
+    if record.get("timesteps_sampled") and record.get("technique") not in NO_SCHEDULE:
+        steps = record["timesteps_sampled"]
+        spacing = (f"num_inference_steps {record['num_inference_steps']}, evenly spaced" if record.get("num_inference_steps")
+                   else f"start {record['start']}, stride {record['stride']}")
+        rows.append(("Schedule", f"{spacing}: {len(steps)} steps, t = {steps[0]} to {steps[-1]}"))
+    if "guidance_scale" in record:
+        rows.append(("Guidance", "none: the conditional estimate alone" if record["guidance_scale"] is None else
+                     f"classifier-free, γ = {record['guidance_scale']}, unconditional prompt "
+                     f"{_quoted(record.get('unconditional_prompt', ''))}"))
+    others = {k: v for k, v in record.items() if k not in SHOWN_APART}
+    if others:
+        rows.append(("Parameters", ", ".join(f"{_html(k)} {_value(v)}" for k, v in sorted(others.items()))))
+    models = record.get("models")  # from what
+    if models:
+        denoiser = f", its {_code(models['denoiser'])} denoiser" if models.get("denoiser") else ""
+        rows.append(("Backend", _code(models.get("backend")) + denoiser))
+        ids = [f"{_html(key.replace('_', ' '))} {_code(model_name(models[key]))}"
+               for key in ("stage_1", "stage_2", "text_encoder") if models.get(key)]
+        if ids:
+            rows.append(("Models", ", ".join(ids)))
+    for key, file_record in record.get("input_files", {}).items():
+        rows.append((f"Input {_html(key)}", f"{_code(file_record['file'])}, sha256 {_code(file_record['sha256'])}"))
+    code = record.get("code")  # by which code, where, and how long it took
+    if code:
+        state = ("not from a git checkout" if code.get("commit") is None else f"commit {_code(code['commit'])}"
+                 + {True: ", its source with uncommitted changes", False: ", its source as committed", None: ""}[code.get("dirty")])
+        rows.append(("Code", f"{_code('diffusion_post ' + str(code.get('version')))}, {state}"))
+    environment = record.get("environment")
+    if environment:
+        rows.append(("Libraries", ", ".join(f"{_html(name)} {_html(v)}" for name, v in environment["libraries"].items())))
+        rows.append(("Torch threads", _html(environment["torch_threads"])))
+        rows.append(("Processor", _html(environment["processor"])
+                     + ("" if environment.get("device", "cpu") == "cpu" else f"; device {_html(environment['device'])}")))
+    if seconds is not None:
+        loading = f" ({seconds['loading']:.2f} s of it loading the backend)" if seconds.get("loading", 0) >= 0.01 else ""
+        rows.append(("Time", f"{seconds['seconds']:.2f} s{loading}"))
+    rows.append(("Rebuild only it", _code(REBUILD_COMMAND.format(Path(file).name))))
+    return rows
+
+
+def disclosures(figure_files: list[str], seconds_files: list[str]) -> dict[str, list[tuple[str, str]]]:
+    """figure file name ("forward.png") -> the rows of its disclosure (how_made)."""
+    seconds = {Path(f).name.removesuffix(".seconds.json"): read_seconds(f) for f in seconds_files}
+    out = {}
+    for f in figure_files:
+        name = figure_of(f)
+        record_file = f if f.endswith(".png") else str(Path(f).with_name(f"{name}.png"))
+        out[Path(f).name] = how_made(f, read_parameters(record_file), seconds.get(name))
+    return out
+
+
 def render(config: dict, specs: dict[str, dict], figure_files: list[str], metrics: Path | str | None,
-           templates: Path | str, output: Path | str, frames: dict[str, list[str]] | None = None) -> None:
+           templates: Path | str, output: Path | str, frames: dict[str, list[str]] | None = None,
+           seconds: list[str] = ()) -> None:
     """Write the post. `figure_files` are the workflow's image files (figures/NAME.png|gif), `frames` the
-    frame files of the interactive figures (config.figure_frames)."""
+    frame files of the interactive figures (config.figure_frames), `seconds` the sidecars with the seconds each
+    figure's job took (provenance.seconds_path)."""
     first_png = next(f for f in figure_files if f.endswith(".png") and Path(f).stem in specs)
     models = read_parameters(first_png)["models"]
     images = image_context(figure_files, frames or {})
@@ -148,6 +251,7 @@ def render(config: dict, specs: dict[str, dict], figure_files: list[str], metric
         "models": models, "backend_summary": backend_summary(models),
         "metrics": json.loads(Path(metrics).read_text()) if metrics else None,
         "prompt_choices": prompt_choices(specs, figure_files),
+        "provenance": disclosures(figure_files, list(seconds)),
     }
     text = environment(templates).get_template("post.md.j2").render(**context)
     shown = set(re.findall(r"assets/figures/[^)\s\"']+", text))

@@ -5,6 +5,7 @@ from pathlib import Path
 from diffusion_post import config as post_config  # torch-free: parsing the workflow never imports torch
 from diffusion_post.backends.catalog import encodes_prompts, text_encoder_settings
 from diffusion_post.spec import encoded_prompts, prompt_digest
+from diffusion_post.provenance import seconds_path
 
 try:
     post_config.check(config, Path(workflow.basedir))
@@ -18,7 +19,7 @@ PACKAGE = Path("src/diffusion_post")  # relative, so a moved or copied project k
 PACKAGE_MODULES = sorted(PACKAGE.rglob("*.py"))
 # Not used by sampling jobs: their edits must not rerun the models.
 NOT_SAMPLING = {"layout.py", "png.py", "post.py", "site.py", "cli.py", "config.py", "project.py", "full_size.py",
-                "preview.py"}
+                "preview.py", "verify.py"}
 # A sampling job asks for a GPU only where its backend runs on one (the ideal backend never does; deepfloyd and
 # tiny do unless device: cpu), so the same rules run on a CPU-only cluster node.
 BACKEND = config["backend"]
@@ -82,7 +83,7 @@ def sample_figure(wildcards, input, output, params):
         wildcards.figure, params.spec, post_config.figure_backend(config, params.spec),  # params.backend: the part that triggers reruns
         inputs={key: input[key] for key in ("image", "mask") if key in input.keys()},
         source=input.source if "source" in input.keys() else None,
-        output=output[0],
+        output=output.result, place=params.place,
     )
 
 
@@ -103,12 +104,19 @@ def made_by(wildcards, input):
     parameters = load_result(input.result)[1]
     return {"figure": wildcards.figure, "technique": parameters["technique"],
             "sampled by": f"rule sample_{FIGURES[wildcards.figure][0]}",
-            "code": f"diffusion_post {parameters['diffusion_post']}", "models": str(parameters["models"])}
+            "code": f"diffusion_post {parameters['code']['version']}", "models": str(parameters["models"])}
 
 
 def result_files():
     """Every raw result: one per figure, and the denoising-metrics table."""
     return [f"results/{name}.safetensors" for name in FIGURES] + (["results/denoising_metrics.json"] if "metrics" in config["post"] else [])
+
+
+def seconds_files():
+    """The seconds each result's job took: its sidecar, written with it (provenance.seconds_path)."""
+    return [str(seconds_path(f)) for f in result_files()]
+
+
 def frame_files():
     """Every frame of the post's interactive figures."""
     return [f for files in FRAMES.values() for f in files]

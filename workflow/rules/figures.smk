@@ -76,9 +76,10 @@ rule denoising_metrics:
     input:
         original=lambda w: f"results/{config['post']['metrics']['source']}.safetensors",
         methods=lambda w: [f"results/{f}.safetensors" for f in config["post"]["metrics"]["methods"].values()],
-        code=code("layout.py", "png.py", "images.py"),
+        code=code("layout.py", "png.py", "images.py", "provenance.py"),
     output:
         table="results/denoising_metrics.json",
+        seconds="results/denoising_metrics.seconds.json",
         plot=report("figures/denoising_metrics.png", category="denoising",
                     caption="../report/metrics.rst"),
     params:

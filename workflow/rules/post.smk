@@ -9,13 +9,15 @@ SITE_SOURCES = site.source_files("site")  # layouts, CSS, scripts, pages, _confi
 
 
 rule post:
-    """The post: templates rendered with every figure's parameters and the denoising metrics."""
+    """The post: templates rendered with every figure's parameters and the denoising metrics; under each figure, how
+    it was made (its record and the seconds its job took)."""
     input:
         figures=figure_files(),
         frames=frame_files(),
         metrics="results/denoising_metrics.json" if "metrics" in config["post"] else [],
+        seconds=seconds_files(),
         templates=TEMPLATES,
-        code=code("post.py", "png.py", "figures.py", "schedule.py", "config.py"),
+        code=code("post.py", "png.py", "figures.py", "schedule.py", "config.py", "provenance.py"),
     output:
         POST,
     params:
@@ -26,7 +28,7 @@ rule post:
         from diffusion_post import post
 
         post.render(config, params.specs, input.figures, input.metrics or None, "templates", output[0],
-                    frames=FRAMES)
+                    frames=FRAMES, seconds=input.seconds)
 
 
 rule mathjax:

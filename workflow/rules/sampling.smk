@@ -1,5 +1,6 @@
 # The sampling rules, one per section of the post. Each writes results/<figure>.safetensors (raw tensors and
-# the parameters that made them); figures.smk lays them out. A rule gets only its figure's parameters, so
+# the record of how they were made) and results/<figure>.seconds.json (the seconds the job took, which the post
+# shows under the figure); figures.smk lays them out. A rule gets only its figure's parameters, so
 # editing one prompt reruns only the figures that use it.
 
 
@@ -57,10 +58,12 @@ for section in SECTIONS:
         input:
             unpack(sampling_inputs),
         output:
-            "results/{figure}.safetensors",
+            result="results/{figure}.safetensors",
+            seconds="results/{figure}.seconds.json",
         wildcard_constraints:
             figure=figures_in(section) or "^$",
         params:
+            place=lambda w: post_config.place(config, w.figure),
             spec=lambda w: post_config.sampling_spec(SPECS[w.figure]),
             backend=lambda w: post_config.backend_params(config, SPECS[w.figure]),
         group:
