@@ -74,7 +74,7 @@ def context(config: dict, models: dict = IDEAL, metrics: dict | None | str = "fa
         "fig": specs, **images, "frame_values": lambda spec: post_config.frame_values(spec, specs),
         "models": models, "backend_summary": post.backend_summary(models),
         "metrics": fake_metrics(config) if metrics == "fake" else metrics,
-        "prompt_choices": choices if models.get("backend") == "ideal" else [],
+        "prompt_choices": choices if models.get("backend") == "ideal" else [], "records": records,
     }
 
 
@@ -404,3 +404,18 @@ def test_a_disclosure_is_read_from_the_record_and_inert():
     bare = dict(post.how_made("figures/forward.png", {"figure": "forward", "code": {**PROVENANCE["code"], "commit": None,
                                                                                       "dirty": None}}, None))
     assert html.unescape(bare["Code"]) == "<code>diffusion_post 0.1.0</code>, not from a git checkout" and "Time" not in bare
+
+
+def test_an_anagrams_caption_names_the_set_image_nearest_to_each_view():
+    """From the figure's record (`looks_like`, each sample's views in order), in the post's words for the views; the
+    section says which denoiser made the anagrams."""
+    config = load_config()
+    ctx = context(config)
+    name = next(n for n, spec in ctx["fig"].items() if spec["technique"] == "anagram" and spec["views"] == ["identity", "flip"])
+    ctx["records"][name]["looks_like"] = ["castle", "skull"]
+    _, body = split(render(ctx))
+    assert ('The set image nearest to each view: as sampled <span class="no-math">“castle”</span>, upside down '
+            '<span class="no-math">“skull”</span>.') in body
+    assert f"made by the {ctx['fig'][name]['denoiser']} denoiser" in body
+    ctx["records"][name]["looks_like"] = ["skull", "castle"]  # the record, not the prompts, says it
+    assert 'as sampled <span class="no-math">“skull”</span>' in split(render(ctx))[1]

@@ -94,6 +94,9 @@ def make_result(name: str, spec: dict, backend: dict, inputs: dict[str, str], so
     weights_of = getattr(cascade.stage_1, "prompt_weights", None)  # the ideal backend: what each prompt picks in its set
     if weights_of is not None and ("prompt" in spec or "prompts" in spec):
         parameters["prompt_weights"] = weights_of(prompts_of(spec))
+    looks_like = getattr(cascade.stage_1, "looks_like", None)  # the ideal backend: the set image each view is nearest to
+    if looks_like is not None and "anagram" in (spec["technique"], spec.get("source_technique")):
+        parameters["looks_like"] = looks_like(tensors["images"])  # its tiles: each sample's views, in order
     save_result(tensors, output, parameters)
     seconds = time.perf_counter() - start
     provenance.write_seconds(provenance.seconds_path(output), seconds, loading)

@@ -123,15 +123,14 @@ def caption_shares(captions: list[dict]) -> str:
                      f"{share(c['weight'])})" for c in captions)
 
 
-def prompt_choices(specs: dict[str, dict], figure_files: list[str]) -> list[dict]:
-    """What each prompt picks in the ideal backend's set, from the `prompt_weights` its figures carry: once per prompt
-    and denoiser, in the figures' order, [{prompt, denoiser, captions: [{caption, images, weight}, ...]}, ...]
-    (empty for the other backends)."""
+def prompt_choices(specs: dict[str, dict], records: dict[str, dict]) -> list[dict]:
+    """What each prompt picks in the ideal backend's set, from the `prompt_weights` its figures carry (records: figure
+    name -> its PNG's record, in the figures' order): once per prompt and denoiser, [{prompt, denoiser, captions:
+    [{caption, images, weight}, ...]}, ...] (empty for the other backends)."""
     rows: dict[tuple[str, str | None], list[dict]] = {}
-    for f in figure_files:
-        name = Path(f).stem
-        if f.endswith(".png") and name in specs:
-            for prompt, captions in read_parameters(f).get("prompt_weights", {}).items():
+    for name, record in records.items():
+        if name in specs:
+            for prompt, captions in record.get("prompt_weights", {}).items():
                 rows.setdefault((prompt, specs[name].get("denoiser")), captions)
     return [{"prompt": prompt, "denoiser": denoiser, "captions": captions} for (prompt, denoiser), captions in rows.items()]
 
@@ -141,7 +140,7 @@ REBUILD_COMMAND = "snakemake --cores 1 figures/{}"  # rebuilds only that file (a
 SHOWN_APART = {"figure", "config", "technique", "source", "source_technique", "methods", "prompt", "prompts",
                "unconditional_prompt", "guidance_scale", "seed", "start", "stride", "num_inference_steps",
                "timesteps_sampled", "denoiser", "models", "image", "input_files", "code", "environment", "panel",
-               "frame", "prompt_weights"}
+               "frame", "prompt_weights", "looks_like"}
 
 
 _INERT = re.compile(f"[&\"']|{_MARKDOWN_SPECIAL.pattern}")  # HTML's special characters and markdown's
@@ -224,15 +223,12 @@ def how_made(file: str, record: dict, seconds: dict | None) -> list[tuple[str, s
     return rows
 
 
-def disclosures(figure_files: list[str], seconds_files: list[str]) -> dict[str, list[tuple[str, str]]]:
-    """figure file name ("forward.png") -> the rows of its disclosure (how_made)."""
+def disclosures(figure_files: list[str], records: dict[str, dict], seconds_files: list[str]) -> dict[str, list[tuple[str, str]]]:
+    """figure file name ("forward.png") -> the rows of its disclosure (how_made), from the PNGs' records (records:
+    file name -> record; an animation: its figure's PNG's)."""
     seconds = {Path(f).name.removesuffix(".seconds.json"): read_seconds(f) for f in seconds_files}
-    out = {}
-    for f in figure_files:
-        name = figure_of(f)
-        record_file = f if f.endswith(".png") else str(Path(f).with_name(f"{name}.png"))
-        out[Path(f).name] = how_made(f, read_parameters(record_file), seconds.get(name))
-    return out
+    return {Path(f).name: how_made(f, records.get(Path(f).name) or records[f"{figure_of(f)}.png"], seconds.get(figure_of(f)))
+            for f in figure_files}
 
 
 def render(config: dict, specs: dict[str, dict], figure_files: list[str], metrics: Path | str | None,
@@ -241,8 +237,9 @@ def render(config: dict, specs: dict[str, dict], figure_files: list[str], metric
     """Write the post. `figure_files` are the workflow's image files (figures/NAME.png|gif), `frames` the
     frame files of the interactive figures (config.figure_frames), `seconds` the sidecars with the seconds each
     figure's job took (provenance.seconds_path)."""
-    first_png = next(f for f in figure_files if f.endswith(".png") and Path(f).stem in specs)
-    models = read_parameters(first_png)["models"]
+    records = {Path(f).name: read_parameters(f) for f in figure_files if f.endswith(".png")}  # each read once
+    figure_records = {Path(name).stem: record for name, record in records.items() if Path(name).stem in specs}
+    models = next(iter(figure_records.values()))["models"]
     images = image_context(figure_files, frames or {})
     urls = images["url"]
     context = {
@@ -250,8 +247,8 @@ def render(config: dict, specs: dict[str, dict], figure_files: list[str], metric
         "fig": specs, **images, "frame_values": lambda spec: frame_values(spec, specs),
         "models": models, "backend_summary": backend_summary(models),
         "metrics": json.loads(Path(metrics).read_text()) if metrics else None,
-        "prompt_choices": prompt_choices(specs, figure_files),
-        "provenance": disclosures(figure_files, list(seconds)),
+        "prompt_choices": prompt_choices(specs, figure_records), "records": figure_records,
+        "provenance": disclosures(figure_files, records, list(seconds)),
     }
     text = environment(templates).get_template("post.md.j2").render(**context)
     shown = set(re.findall(r"assets/figures/[^)\s\"']+", text))

@@ -204,6 +204,14 @@ class SetDenoiser:
         return {prompt: [{"caption": c, "images": n, "weight": round(w, 4)} for c, n, w in row]
                 for prompt, row in zip(prompts, rows)}
 
+    def looks_like(self, images: Tensor) -> list[str]:
+        """The caption of the set image nearest to each image (N, 3, H, W) in [-1, 1], compared at 64 px (larger
+        images area-pooled, as the set's own 64-px images are made): what a reader sees in it, in the set's words."""
+        x = images.detach().cpu().double()
+        x = F.avg_pool2d(x, x.shape[-1] // STAGE_1_SIZE) if x.shape[-1] > STAGE_1_SIZE else x
+        nearest = (self.set.y_64_sq[None] - 2 * x.flatten(1) @ self.set.y_64.T).argmin(1)  # |x - y|^2 less |x|^2
+        return [self.set.captions[i] for i in nearest.tolist()]
+
     def _check(self, x: Tensor, channels: int) -> None:
         if x.shape[1:] != (channels, self.sample_size, self.sample_size):
             raise ValueError(f"the ideal denoiser at {self.sample_size} px takes (B, {channels}, {self.sample_size}, "
