@@ -47,10 +47,15 @@ def rule_names(listing: str) -> list[str]:
 def rulegraph(root: Path) -> str:
     """The rule graph of the workflow at `root` as Graphviz DOT: `snakemake --rulegraph --forceall` of every rule
     that can be a target (the default one, `data`, `train`, `verify`, ...), so that it shows every rule; its edges
-    sorted (Snakemake lists them in an order that changes from run to run). Made in a scratch copy: a Snakemake
-    started inside a running one must not take that one's locks for stale."""
+    sorted (Snakemake lists them in an order that changes from run to run). Made in a scratch copy (a Snakemake
+    started inside a running one must not take that one's locks for stale), with a backend that encodes its prompts
+    first (tiny, as deepfloyd), so that encode_prompt has jobs too: the embedded default's graph is this one without
+    it."""
     with tempfile.TemporaryDirectory(prefix="diffusion-post-rulegraph-") as scratch:
         copy_project(root, Path(scratch), root / ".cache", parts=WORKFLOW)
+        config = yaml.safe_load((Path(scratch) / "config.yaml").read_text())
+        config["backend"]["name"] = "tiny"
+        (Path(scratch) / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         targets = rule_names(snakemake_output(scratch, "--list-target-rules"))
         lines = snakemake_output(scratch, "--rulegraph", "--forceall", *targets).splitlines()
     return canonical_dot(lines)
@@ -71,7 +76,7 @@ def canonical_dot(lines: list[str]) -> str:
 def write_rulegraph(root: Path, dot: Path | str, svg: Path | str) -> None:
     """docs/rulegraph.dot (rulegraph) and docs/rulegraph.svg, drawn from it by Graphviz's `dot`, left to right (the
     per-figure layout rules make a rank too wide to read from top to bottom)."""
-    from .images import atomic_path
+    from .files import atomic_path
 
     if shutil.which("dot") is None:
         raise RuntimeError("Graphviz's dot not found: run scripts/install_system_deps.sh (apt-get install graphviz)")
