@@ -2,7 +2,7 @@
 
 Each round, for each project (this tree, and with --baseline REV the project at git revision REV, its own code from
 `git archive`), one after the other:
-  cold     a fresh copy with an empty cache folder: `snakemake --cores 1` renders the emoji set, crops the photos,
+  cold     a fresh copy with an empty cache folder: `snakemake` (the profile: every core) renders the emoji set, crops the photos,
            encodes every caption and prompt, computes the set's arrays, samples and lays out every figure, renders the
            post and builds the site (MathJax comes from the npm tarball cached under ~/.cache/diffusion_post, as after
            `make post`'s first run: no registry is asked)
