@@ -2,9 +2,9 @@
 
 Each round, for each project (this tree, and with --baseline REV the project at git revision REV, its own code from
 `git archive`), one after the other:
-  cold     a fresh copy with an empty cache folder: `snakemake` (the profile: every core) renders the emoji set, crops the photos,
-           encodes every caption and prompt, computes the set's arrays, samples and lays out every figure, renders the
-           post and builds the site (MathJax comes from the npm tarball cached under ~/.cache/diffusion_post, as after
+  cold     a fresh copy with an empty cache folder: `snakemake` (the profile: every core) renders the emoji set,
+           crops the photos, encodes every caption and prompt, computes the set's arrays, samples and lays out every
+           figure, renders the post and builds the site (MathJax comes from the npm tarball cached under ~/.cache/diffusion_post, as after
            `make post`'s first run: no registry is asked)
   warm     a fresh copy (no results, figures or post) sharing the cache the cold build filled
   rebuild  in the warm copy, after editing one prompt (the second prompt of the first anagram): its figures, their
