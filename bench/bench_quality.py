@@ -32,7 +32,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from diffusion_post import config as post_config
 from diffusion_post.backends import load_backend

@@ -16,7 +16,6 @@ import platform
 import tempfile
 import threading
 import time
-from pathlib import Path
 
 import torch
 
@@ -74,7 +73,7 @@ def main(argv=None) -> None:
 
         times = best_times({"per-image": lambda: per_image(cascade, "fig", many),
                             "batched": lambda: batched(cascade, "fig", many)}, args.repeats)
-        print(f"| run | best s | s/image |\n|---|---|---|")
+        print("| run | best s | s/image |\n|---|---|---|")
         for name, t in times.items():
             print(f"| {name} ({args.count} images) | {t:.3f} | {t / args.count:.3f} |")
         print(f"ratio per-image/batched = {times['per-image'] / times['batched']:.3f}")

@@ -38,6 +38,7 @@ PARTS = [
     ("local: window distances", r"local_weights \(.*local\.py"),
     ("local: posterior mean, variance", r"(block_patches|mean_and_variance|learned_range_of|assemble) \(.*local\.py"),
     ("exact denoiser", r"\(.*exact\.py"),
+    ("denoisers: inputs and output, local stage II resizing", r"(Local(Denoiser|Upsampler)\.__call__|SetDenoiser\.(output|_stage_two_inputs)) \("),
     ("prompt weights (log_weights)", r"log_weights"),
     ("sampling loop, guidance, views", r"\(.*(sampling|guidance|views|filters|schedule|techniques|figures)\.py"),
     ("loading the backend (other)", r"load_backend|image_set_of|load_ideal"),

@@ -4,10 +4,8 @@ prints it, and the device path run end to end on the CPU with small stand-in mod
 
 import importlib.util
 import json
-import os
 from pathlib import Path
 
-import pytest
 import torch
 
 from diffusion_post import config as post_config, full_size

@@ -474,7 +474,6 @@ def test_local_prior_fades_with_the_window_below_the_top_steps_in_both_stages(ca
     t, P = 500, 13
     assert faded.options.window_at(t) == P
     same, same_2 = local_on(cascade, window=(P, P), temperature=0.05 * 23 / P, candidates=len(SHAPES))
-    Y = set_images(cascade, 64).float()
     g = torch.Generator().manual_seed(3)
     embeds = cascade.embed(["red square", ""])
     a = faded.alphas_cumprod[t]

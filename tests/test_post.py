@@ -1,7 +1,6 @@
 """The post templates: rendered with a fake but complete context built from the real config.yaml, and once through
 post.render end to end (tiny PNGs carrying the model description). No model runs; nothing is downloaded."""
 
-import copy
 import html
 import re
 from pathlib import Path

@@ -17,7 +17,6 @@ from .backends import encode_prompts, load_backend
 from .backends.catalog import encodes_prompts
 from .files import atomic_path
 from .images import load_image, load_result, save_result
-from .memory import keep_freed_memory
 
 SAMPLED_MESSAGE = "diffusion-post: sampled"
 # Intra-op threads of every sampling job. CPU kernels split their sums by thread, so a figure's bytes would depend on
@@ -71,7 +70,6 @@ def make_result(name: str, spec: dict, backend: dict, inputs: dict[str, str], so
     the sidecar provenance.seconds_path(output) and to the log (SAMPLED_MESSAGE). Refuses a number that is not finite
     among the parameters, and a result that is not finite (nothing is written then)."""
     start = time.perf_counter()
-    keep_freed_memory()
     torch.set_num_threads(SAMPLING_THREADS)
     check_finite({"figures": {name: spec}, "backend": backend})
     with out_of_memory_explained(f"sampling the figure {name}"):
