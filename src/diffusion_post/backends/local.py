@@ -16,16 +16,16 @@ the exact MMSE denoiser of ideal.py. w_n are the prompt weights of ideal.ImageSe
 lambda(P) = (P / window[1])^prior_fade: 1 at the largest window, where the prompt sets the layout, fading as the
 window shrinks with `prior_fade` > 0, so that at low noise the image, not the caption, decides which patches a pixel
 copies (with the full prior, the prompt 'a high quality photo' keeps a user's photo covered in the cat crops its
-caption favours down to t = 390; bench/bench_quality.py, BENCHMARKS.md). The window shrinks linearly from window[1]
-at t = 999 to window[0] at t = 0.
+caption favours down to t = 390; bench/bench_quality.py, docs/experiments/quality.md). The window shrinks
+linearly from window[1] at t = 999 to window[0] at t = 0.
 
 The top steps (stage I, t >= `top`): window `top_window` and lambda = `top_prior`. At t = 960 (SNR 0.004) a
 15-px window sums 3 x 225 noisy values, enough to see the mean colour of what x_t was noised from (P^2 3 SNR
 ~ 2.5), so SDEdit from there makes a collage that keeps the input's colours; a 3-px window sees ~0.1 of that,
 so those steps return about the prompt prior's per-pixel mean and the prompt, not the input, sets the layout.
 lambda < 1 there keeps classifier-free guidance, which amplifies that mean, from making every sample one set
-image (bench/bench_quality.py; BENCHMARKS.md). Stage II is left on the linear schedule (its x_t at those steps
-is pure noise and its z observation decides).
+image (bench/bench_quality.py; docs/experiments/quality.md). Stage II is left on the linear schedule (its x_t at
+those steps is pure noise and its z observation decides).
 
 Speed: for each block of 8 x 8 pixels only the `candidates` images (or shifted copies) of largest logit are kept,
 ranked by the window distance of 4 x 4 area-pooled images (16 |pool(x - c y)|^2 <= |x - c y|^2 over whole

@@ -11,8 +11,8 @@ POOL = 4  # ranking resolution: 4 x 4 cells of the 64-px grid
 @dataclass(frozen=True)
 class LocalOptions:
     """The local denoiser's settings and their defaults, tuned on the post's config (docs/local_denoiser.md says what
-    each does and why it has its value; BENCHMARKS.md the measurements). config.yaml may override any of them under
-    backend/local."""
+    each does and why it has its value; docs/experiments/quality.md the measurements). config.yaml may override any
+    of them under backend/local."""
 
     window: tuple[int, int] = (3, 15)  # window side P (odd, 64-px pixels) at t = 0 and at t = 999, linear in between
     temperature: float = 0.05  # of the prompt weights w_n (the exact denoiser's sharper 0.01 picks one caption)
