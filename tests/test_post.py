@@ -397,6 +397,9 @@ def test_a_disclosure_is_read_from_the_record_and_inert():
     assert shown["Libraries"] == "python 3.11.7, torch 2.13.0"
     assert (shown["Torch threads"], shown["Processor"]) == ("2", "Some CPU (x86_64)")
     assert shown["Time"] == "12.50 s (10.25 s of it loading the backend)"
+    quick = dict(post.how_made("figures/blur.png", {"figure": "blur"}, {"seconds": 0.004, "loading": 0.0}))
+    assert quick["Time"] == "under 0.01 s"  # not 0.00 s
+    assert dict(post.how_made("figures/blur.png", {"figure": "blur"}, {"seconds": 0.006}))["Time"] == "0.01 s"
     assert shown["Guidance"] == "classifier-free, γ = 7, unconditional prompt “”"
     assert shown["Schedule"] == "start 990, stride 30: 34 steps, t = 990 to 0"
     assert shown["Rebuild only it"] == "snakemake --cores 1 figures/cfg_samples.png"

@@ -165,6 +165,11 @@ def _value(value) -> str:
     return _code(json.dumps(value, ensure_ascii=False))
 
 
+def duration(seconds: float) -> str:
+    """Seconds as the disclosure shows them: two decimals, and 'under 0.01 s' for what would print as 0.00 s."""
+    return f"{seconds:.2f} s" if seconds >= 0.005 else "under 0.01 s"
+
+
 def how_made(file: str, record: dict, seconds: dict | None) -> list[tuple[str, str]]:
     """The rows of "How this figure was made" under an image of the post, (label, HTML), all from the figure's
     record (the PNG's own; an animation's is its figure's PNG) and the seconds its job took (its sidecar)."""
@@ -218,7 +223,7 @@ def how_made(file: str, record: dict, seconds: dict | None) -> list[tuple[str, s
                      + ("" if environment.get("device", "cpu") == "cpu" else f"; device {_html(environment['device'])}")))
     if seconds is not None:
         loading = f" ({seconds['loading']:.2f} s of it loading the backend)" if seconds.get("loading", 0) >= 0.01 else ""
-        rows.append(("Time", f"{seconds['seconds']:.2f} s{loading}"))
+        rows.append(("Time", f"{duration(seconds['seconds'])}{loading}"))
     rows.append(("Rebuild only it", _code(REBUILD_COMMAND.format(Path(file).name))))
     return rows
 
