@@ -75,12 +75,17 @@ def test_code_version_is_found_from_the_package_not_the_working_folder(tmp_path)
 def test_environment_is_what_the_bits_depend_on():
     import torch
 
-    environment = provenance.environment()
-    assert environment["torch_threads"] == torch.get_num_threads()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)  # not this machine's default: the record must read the thread count in force
+        environment = provenance.environment()
+        assert environment["torch_threads"] == 3
+        assert provenance.environment() == environment  # deterministic: it goes into the figure's bytes
+    finally:
+        torch.set_num_threads(before)
     assert torch.__version__.startswith(environment["libraries"]["torch"])
     assert {"python", "numpy", "pillow", "safetensors"} <= set(environment["libraries"])
     assert environment["device"] == "cpu" and environment["processor"]
-    assert provenance.environment() == environment  # deterministic: it goes into the figure's bytes
 
 
 def test_seconds_sidecar(tmp_path):

@@ -1,6 +1,5 @@
 """What the workflow's encoding and sampling rules call."""
 
-import hashlib
 import json
 import sys
 import time
@@ -15,10 +14,10 @@ from .config import check_finite
 from .spec import encoded_prompts, prompts_of, timesteps
 from .backends import encode_prompts, load_backend
 from .backends.catalog import encodes_prompts
-from .files import atomic_path
+from .files import atomic_path, sha256
+from .provenance import SAMPLED_MESSAGE
 from .images import load_image, load_result, save_result
 
-SAMPLED_MESSAGE = "diffusion-post: sampled"
 # Intra-op threads of every sampling job. CPU kernels split their sums by thread, so a figure's bytes would depend on
 # the machine's core count; with one thread they do not, and jobs run side by side instead (snakemake --cores). On
 # this workload one thread also wastes less: small tensor ops spend more on waking OpenMP threads than they save.
@@ -57,7 +56,7 @@ def encode_prompt(prompt: str, backend: dict, output: str) -> None:
         cache = encode_prompts(backend, [prompt])
     embedding = cache.path(prompt)
     record = {"prompt": prompt, "text_encoder": cache.encoder_name, "embedding": embedding.name,
-              "sha256": hashlib.sha256(embedding.read_bytes()).hexdigest()}
+              "sha256": sha256(embedding)}
     with atomic_path(output) as tmp:
         tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
 
@@ -104,7 +103,7 @@ def make_result(name: str, spec: dict, backend: dict, inputs: dict[str, str], so
 def file_record(path: str) -> dict:
     """Which file an input was and its content: the name only (figures are published; their metadata must not
     carry a path of the machine that made them) and the sha256 of its bytes."""
-    return {"file": Path(path).name, "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
+    return {"file": Path(path).name, "sha256": sha256(path)}
 
 
 def write_builtin_input(name: str, output: str) -> None:

