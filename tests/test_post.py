@@ -418,6 +418,7 @@ def test_an_anagrams_caption_names_the_set_image_nearest_to_each_view():
     _, body = split(render(ctx))
     assert ('The set image nearest to each view: as sampled <span class="no-math">“castle”</span>, upside down '
             '<span class="no-math">“skull”</span>.') in body
+    assert ".The set image" not in body and "</span>. The set image nearest to each view" in body  # a sentence of its own
     assert f"made by the {ctx['fig'][name]['denoiser']} denoiser" in body
     ctx["records"][name]["looks_like"] = ["skull", "castle"]  # the record, not the prompts, says it
     assert 'as sampled <span class="no-math">“skull”</span>' in split(render(ctx))[1]
