@@ -249,11 +249,11 @@ def test_install_mathjax_is_small_and_idempotent(tmp_path):
     assert (dest / "tex-chtml.js").is_file() and (dest / "sre/mathmaps/en.json").is_file()
     assert len(list((dest / "fonts/mathjax-newcm-font/chtml/woff2").glob("*.woff2"))) > 50  # the font, not a CDN's
     assert size < 10_000_000
-    stamp = (dest / ".installed.json").stat().st_mtime_ns
+    stamp = (dest / site_mod.mathjax_stamp()).stat().st_mtime_ns
     start = time.monotonic()
     assert install_mathjax(tmp_path) == dest
     assert time.monotonic() - start < 0.5
-    assert (dest / ".installed.json").stat().st_mtime_ns == stamp
+    assert (dest / site_mod.mathjax_stamp()).stat().st_mtime_ns == stamp
 
 
 def test_publish_figures_keeps_frame_folders_and_drops_stale_files(tmp_path):

@@ -75,7 +75,12 @@ _MATHJAX_FILES = {
         "chtml/dynamic/": "fonts/mathjax-newcm-font/chtml/dynamic/",  # metrics of rarer characters, loaded on demand
     },
 }
-_MATHJAX_STAMP = ".installed.json"
+
+
+def mathjax_stamp(version: str = MATHJAX_VERSION) -> str:
+    """The file that records an installed MathJax, named by its version spec: the workflow's output, so that a site
+    holding another version (whose files Snakemake has no record of) is installed again."""
+    return f".installed-{version}.json"
 
 
 def _cache_dir(cache_dir: str | os.PathLike | None) -> Path:
@@ -154,7 +159,7 @@ def install_mathjax(
     4 of them the speech rules of MathJax's menu in 16 languages.
     """
     dest = Path(site_dir) / "assets" / "mathjax"
-    stamp = dest / _MATHJAX_STAMP
+    stamp = dest / mathjax_stamp(version)
     if not force and stamp.is_file():
         with contextlib.suppress(ValueError, OSError):
             info = json.loads(stamp.read_text())
@@ -172,7 +177,7 @@ def install_mathjax(
             raise SiteToolError(f"{tarball.name} names no {FONT_PACKAGE}: not a MathJax 4 package?")
         font = _npm_tarball(FONT_PACKAGE, font_version, cache)
         _unpack(font, _MATHJAX_FILES[FONT_PACKAGE], staging)
-        (staging / _MATHJAX_STAMP).write_text(json.dumps(
+        (staging / mathjax_stamp(version)).write_text(json.dumps(
             {"spec": version, "version": manifest.get("version"), "tarball": tarball.name, "font": font.name}) + "\n")
         if dest.exists():
             shutil.rmtree(dest)

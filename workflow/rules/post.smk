@@ -1,7 +1,7 @@
 # The markdown post (Jinja templates) and the Jekyll site.
 from diffusion_post import site
 
-from diffusion_post.site import MATHJAX_VERSION  # torch-free
+from diffusion_post.site import MATHJAX_VERSION, mathjax_stamp  # torch-free
 
 POST = f"site/_posts/{config['post']['date']}-implementing-diffusion-models.md"
 TEMPLATES = sorted(str(p) for p in Path("templates").rglob("*.j2"))
@@ -34,13 +34,11 @@ rule post:
 rule mathjax:
     """MathJax 4 and its font, served by the site itself (from the npm registry, once)."""
     output:
-        "site/assets/mathjax/tex-chtml.js",
-    params:
-        version=MATHJAX_VERSION,  # a site built with MathJax 3 installs again
+        f"site/assets/mathjax/{mathjax_stamp()}",  # named by the version: a site holding MathJax 3 installs again
     run:
         from diffusion_post import site
 
-        site.install_mathjax("site", version=params.version)
+        site.install_mathjax("site", version=MATHJAX_VERSION)
 
 
 rule site:
@@ -50,7 +48,7 @@ rule site:
         post=POST,
         figures=figure_files(),
         frames=frame_files(),
-        mathjax="site/assets/mathjax/tex-chtml.js",
+        mathjax=f"site/assets/mathjax/{mathjax_stamp()}",
         sources=SITE_SOURCES,
         code=code("site.py"),
     output:
