@@ -70,7 +70,8 @@ localrules:
 
 
 # Every figure and result is a target itself, not only an input of the site: Snakemake does not remake a missing
-# intermediate file whose consumers are up to date, so a deleted figure would otherwise stay deleted.
+# intermediate file whose consumers are up to date, so a deleted figure (or its published copy) would otherwise stay
+# deleted.
 rule all:
     """The whole post: figures, markdown, and the built Jekyll site."""
     default_target: True
@@ -78,6 +79,7 @@ rule all:
         rules.site.output,
         figure_files(),
         result_files(),
+        rules.site.input.published,
 
 
 rule figures:

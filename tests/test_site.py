@@ -18,7 +18,7 @@ from markdown_math import EquationCount, count_equations, extract_math, lint_mat
 from PIL import Image
 
 from diffusion_post import site as site_mod
-from diffusion_post.site import build_site, built_post_path, install_mathjax, publish_figures
+from diffusion_post.site import build_site, built_post_path, install_mathjax, remove_unpublished
 
 SITE = Path(__file__).resolve().parents[1] / "site"
 
@@ -256,15 +256,16 @@ def test_install_mathjax_is_small_and_idempotent(tmp_path):
     assert (dest / site_mod.mathjax_stamp()).stat().st_mtime_ns == stamp
 
 
-def test_publish_figures_keeps_frame_folders_and_drops_stale_files(tmp_path):
+def test_publish_copies_a_figure_and_remove_unpublished_drops_what_the_post_no_longer_shows(tmp_path):
     figures, dest = tmp_path / "figures", tmp_path / "assets"
-    _png(figures / "forward.png", (10, 4), 0)
-    _png(figures / "forward/frame-0.png", (4, 4), 1)
-    _png(figures / "old/frame-0.png", (4, 4), 2)
-    publish_figures([figures / "forward.png", figures / "forward/frame-0.png", figures / "old/frame-0.png"], dest, figures)
+    for name, value in (("forward.png", 0), ("forward/frame-0.png", 1), ("old/frame-0.png", 2)):
+        _png(figures / name, (4, 4), value)
+        site_mod.publish(figures / name, dest / name)
     assert {p.relative_to(dest).as_posix() for p in dest.rglob("*.png")} == {"forward.png", "forward/frame-0.png", "old/frame-0.png"}
-    _png(figures / "forward/frame-0.png", (4, 4), 3)  # changed: copied again
-    publish_figures([figures / "forward.png", figures / "forward/frame-0.png"], dest, figures)
+    _png(figures / "forward/frame-0.png", (4, 4), 3)  # changed: published again
+    site_mod.publish(figures / "forward/frame-0.png", dest / "forward/frame-0.png")
+    (dest / ".hidden-by-an-editor").write_text("")
+    remove_unpublished(dest, [dest / "forward.png", dest / "forward/frame-0.png"])
     assert {p.relative_to(dest).as_posix() for p in dest.rglob("*")} == {"forward.png", "forward", "forward/frame-0.png"}
     assert (dest / "forward/frame-0.png").read_bytes() == (figures / "forward/frame-0.png").read_bytes()
 

@@ -3,8 +3,9 @@
 - `install_mathjax(site_dir)` copies the MathJax 4 files that `tex-chtml.js` loads, and its font, into
   `site/assets/mathjax/` (from `npm pack mathjax@4` and `@mathjax/mathjax-newcm-font`, cached), so the page
   needs no CDN.
-- `publish_figures(files, dest)` makes `site/assets/figures/` hold exactly the post's images: the figures
-  and the frames of the interactive figures (`figures/NAME/frame-K.png` -> `assets/figures/NAME/frame-K.png`).
+- `publish(figure, copy)` copies one of the post's images to `site/assets/figures/` (each layout job publishes what
+  it lays out: `figures/NAME/frame-K.png` -> `assets/figures/NAME/frame-K.png`); `remove_unpublished` removes from
+  there the images the post no longer shows.
 - `build_site(site_dir)` runs Debian's `jekyll build` (no Gemfile, no bundler); `baseurl` overrides the
   one of `site/_config.yml`, as `jekyll build --baseurl /REPO` does.
 - `is_source(path)` / `source_files(site_dir)`: the site's own files (layouts, CSS, scripts, pages, `_config.yml`),
@@ -33,7 +34,7 @@ from typing import Sequence
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SiteToolError", "install_mathjax", "publish_figures", "build_site", "built_post_path", "is_source",
+__all__ = ["SiteToolError", "install_mathjax", "publish", "remove_unpublished", "build_site", "built_post_path", "is_source",
            "source_files", "baseurl", "main"]
 
 
@@ -230,27 +231,25 @@ def build_site(
     return out
 
 
-def publish_figures(files: Sequence[str | os.PathLike], dest: str | os.PathLike,
-                    root: str | os.PathLike = "figures") -> None:
-    """Make `dest` hold exactly `files` (the post's images, under `root`), copying only those that changed.
+def publish(figure: str | os.PathLike, copy: str | os.PathLike) -> None:
+    """Publish one of the post's images: `figure` (figures/X) copied to `copy` (site/assets/figures/X), atomically."""
+    from .files import atomic_path
 
-    A file's path below `root` is kept: `figures/forward/frame-1.png` -> `dest/forward/frame-1.png`.
-    """
-    dest, root = Path(dest), Path(root)
-    wanted = {Path(f).relative_to(root): Path(f) for f in files}
-    dest.mkdir(parents=True, exist_ok=True)
+    with atomic_path(copy) as tmp:
+        shutil.copyfile(figure, tmp)
+
+
+def remove_unpublished(dest: str | os.PathLike, published: Sequence[str | os.PathLike]) -> None:
+    """Make `dest` (site/assets/figures) hold only the files `published` (paths under it): remove the images of
+    figures no longer in the post, and the folders left empty."""
+    dest = Path(dest)
+    wanted = {Path(f).resolve() for f in published}
+    folders = {folder for f in wanted for folder in f.parents}
     for stale in sorted(dest.rglob("*"), reverse=True):  # children before their folders
-        rel = stale.relative_to(dest)
-        if stale.is_dir():
-            if not any(rel in p.parents for p in wanted):
-                shutil.rmtree(stale)
-        elif rel not in wanted:
+        if stale.is_dir() and stale.resolve() not in folders:
+            shutil.rmtree(stale)
+        elif not stale.is_dir() and stale.resolve() not in wanted:
             stale.unlink()
-    for rel, f in wanted.items():
-        target = dest / rel
-        if not target.exists() or target.read_bytes() != f.read_bytes():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(f, target)
 
 
 # What the workflow and Jekyll write into the site folder (site/_site, the post, the published figures, MathJax).

@@ -1,4 +1,5 @@
-# Cheap layout rules: re-laying out a figure never reruns a model.
+# Cheap layout rules: re-laying out a figure never reruns a model. Each also publishes what it lays out: a copy
+# under site/assets/figures, which the site serves (common.smk: published).
 
 
 rule figure:
@@ -7,13 +8,15 @@ rule figure:
         result="results/{figure}.safetensors",
         code=code("layout.py", "png.py", "images.py"),
     output:
-        report("figures/{figure}.png", caption="../report/figure.rst", category=section_of, labels=made_by),
+        figure=report("figures/{figure}.png", caption="../report/figure.rst", category=section_of, labels=made_by),
+        published=published("figures/{figure}.png"),
     wildcard_constraints:
         figure="|".join(name for name in FIGURES if name not in FRAMES) or "(?!)",
     run:
-        from diffusion_post import layout
+        from diffusion_post import layout, site
 
-        layout.figure(input.result, output[0])
+        layout.figure(input.result, output.figure)
+        site.publish(output.figure, output.published)
 
 
 # An interactive figure (a slider or a view toggle in the post): the same strip, plus each of its frames as a
@@ -29,13 +32,18 @@ for _figure, _frames in FRAMES.items():
         output:
             figure=report("figures/{figure}.png", caption="../report/figure.rst", category=section_of, labels=made_by),
             frames=[f"figures/{{figure}}/frame-{k}.png" for k in range(len(_frames))],
+            published=published("figures/{figure}.png"),
+            published_frames=[published(f"figures/{{figure}}/frame-{k}.png") for k in range(len(_frames))],
         wildcard_constraints:
             figure=_figure,
         localrule: True  # cheap: on a cluster it runs where Snakemake runs, like the other layout rules
         run:
-            from diffusion_post import layout
+            from diffusion_post import layout, site
 
             layout.figure(input.result, output.figure, frames=output.frames)
+            site.publish(output.figure, output.published)
+            for frame, copy in zip(output.frames, output.published_frames):
+                site.publish(frame, copy)
 
 
 rule figure_panel:
@@ -44,14 +52,16 @@ rule figure_panel:
         result="results/{figure}.safetensors",
         code=code("layout.py", "png.py", "images.py"),
     output:
-        report("figures/{figure}-{panel}.png", caption="../report/figure.rst", category=section_of, labels=made_by),
+        figure=report("figures/{figure}-{panel}.png", caption="../report/figure.rst", category=section_of, labels=made_by),
+        published=published("figures/{figure}-{panel}.png"),
     wildcard_constraints:
         figure="|".join(FIGURES),
         panel="comparison",
     run:
-        from diffusion_post import layout
+        from diffusion_post import layout, site
 
-        layout.figure(input.result, output[0], key=wildcards.panel)
+        layout.figure(input.result, output.figure, key=wildcards.panel)
+        site.publish(output.figure, output.published)
 
 
 rule animation:
@@ -60,15 +70,17 @@ rule animation:
         result="results/{figure}.safetensors",
         code=code("layout.py", "png.py", "images.py"),
     output:
-        report("figures/{figure}.gif", caption="../report/figure.rst", category=section_of, labels=made_by),
+        figure=report("figures/{figure}.gif", caption="../report/figure.rst", category=section_of, labels=made_by),
+        published=published("figures/{figure}.gif"),
     wildcard_constraints:
         figure="|".join(FIGURES),
     params:
         views=lambda w: SPECS[w.figure]["views"],
     run:
-        from diffusion_post import layout
+        from diffusion_post import layout, site
 
-        layout.animation(input.result, output[0], params.views)
+        layout.animation(input.result, output.figure, params.views)
+        site.publish(output.figure, output.published)
 
 
 rule denoising_metrics:
@@ -82,10 +94,12 @@ rule denoising_metrics:
         seconds="results/denoising_metrics.seconds.json",
         plot=report("figures/denoising_metrics.png", category="denoising",
                     caption="../report/metrics.rst"),
+        published=published("figures/denoising_metrics.png"),
     params:
         methods=config["post"].get("metrics", {}).get("methods", {}),
     run:
-        from diffusion_post import layout
+        from diffusion_post import layout, site
 
         layout.metrics(input.original, {m: f"results/{f}.safetensors" for m, f in params.methods.items()},
                        output.table, output.plot)
+        site.publish(output.plot, output.published)

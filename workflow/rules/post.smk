@@ -42,21 +42,20 @@ rule mathjax:
 
 
 rule site:
-    """The Jekyll site in site/_site: figures and frames copied to site/assets/figures, then `jekyll build`
-    (its baseurl, for a site served under /REPO/, is set in site/_config.yml)."""
+    """The Jekyll site in site/_site: `jekyll build` (its baseurl, for a site served under /REPO/, is set in
+    site/_config.yml) of the post, the site's sources and the figures the layout jobs published to
+    site/assets/figures (a deleted copy is published again by its layout job), after removing from there what the
+    post no longer shows."""
     input:
         post=POST,
-        figures=figure_files(),
-        frames=frame_files(),
+        published=[published(f) for f in figure_files() + frame_files()],
         mathjax=f"site/assets/mathjax/{mathjax_stamp()}",
         sources=SITE_SOURCES,
         code=code("site.py"),
     output:
         html="site/_site/index.html",
-        # the published copies too, so that deleting one republishes it
-        published=[str(Path("site/assets") / f) for f in figure_files() + frame_files()],
     run:
         from diffusion_post import site
 
-        site.publish_figures([*input.figures, *input.frames], "site/assets/figures")
+        site.remove_unpublished("site/assets/figures", input.published)
         site.build_site("site")
