@@ -22,7 +22,9 @@ from conftest import ROOT, needs, snakemake, wait_until
 from live_preview import PreviewProcess, edit_config, images, mark, reloaded, set_prompt
 from PIL import Image
 
+from diffusion_post import backends
 from diffusion_post import config as post_config
+from diffusion_post import preview as preview_mod
 from diffusion_post import site
 from diffusion_post.preview import Outcome, Preview, Sources, Status, error_line, serve_site, with_preview
 from diffusion_post.project import copy_project
@@ -73,6 +75,49 @@ def test_sources_are_what_a_writer_edits(tmp_path):
     assert set(sources.watched()) == {str(root / f) for f in [
         "", "site", "site/_layouts", "site/assets", "site/assets/css", "templates", "templates/sections", "images",
         "masks", "my_set", "my_set/x"]} | {str(outside.parent)}
+
+
+def test_an_image_of_the_set_is_told_from_the_other_sources(tmp_path):
+    root = tmp_path / "project"
+    config = {"inputs": {"b": "images/b.png"}, "backend": {"name": "ideal", "images": ["my_set"]}, "defaults": {},
+              "seed": 0, "figures": {"editing": {"inpaint": {"technique": "inpaint", "image": "b", "mask": "masks/m.png"}}}}
+    sources = Sources.of(root, config)
+    for path in ["images/b.png", "masks/m.png", "my_set/x/y.png"]:
+        assert sources.is_image(str(root / path)), path
+    for path in ["config.yaml", "templates/sections/hybrids.md.j2", "site/_layouts/post.html", "figures/b.png"]:
+        assert not sources.is_image(str(root / path)), path
+
+
+def test_forget_keeps_only_the_backends_a_build_used(monkeypatch):
+    monkeypatch.setattr(backends, "_LOADED", {})
+    monkeypatch.setattr(backends, "_USED", set())
+    monkeypatch.setattr(backends, "_load", lambda backend: object())
+    first, second = {"name": "ideal", "denoiser": "exact"}, {"name": "ideal", "denoiser": "local"}
+    loaded = backends.load_backend(first), backends.load_backend(second)
+    backends.forget()  # both used since: both kept
+    assert backends.load_backend(first) is loaded[0] and backends.load_backend(second) is loaded[1]
+    backends.forget()
+    backends.load_backend(second)
+    backends.forget()  # first not asked for since the last forget: dropped
+    assert backends.load_backend(second) is loaded[1] and backends.load_backend(first) is not loaded[0]
+    backends.forget(everything=True)
+    assert backends._LOADED == {}
+
+
+def test_resident_builds_here_until_the_package_code_changes(monkeypatch, tmp_path):
+    calls, said = [], []
+    monkeypatch.setattr(preview_mod.Resident, "build", staticmethod(lambda *args: calls.append("here") or Outcome()))
+    monkeypatch.setattr(preview_mod, "snakemake", lambda *args: calls.append("new process") or Outcome())
+    code = {"a.py": (1, 10)}
+    monkeypatch.setattr(preview_mod, "package_code", lambda: dict(code))
+    resident = preview_mod.Resident(said.append)
+    resident(tmp_path, 1, print)
+    resident(tmp_path, 1, print)
+    code["a.py"] = (2, 10)  # an edit of the package: its modules here are stale
+    resident(tmp_path, 1, print)
+    resident(tmp_path, 1, print)
+    assert calls == ["here", "here", "new process", "new process"]
+    assert len(said) == 1 and "new process" in said[0]
 
 
 def test_site_sources_are_the_site_rules_inputs():
@@ -281,12 +326,6 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def running(pid: int) -> bool:
-    with contextlib.suppress(OSError, IndexError):
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    return False
-
-
 @pytest.fixture(scope="module")
 def preview(build, tmp_path_factory):
     """The preview running on a copy of the built post."""
@@ -301,6 +340,25 @@ def preview(build, tmp_path_factory):
 
 EDITED = "hybrid_gray_color"  # the quickest hybrid to sample, with its stage II
 NEW_PROMPT = "a photo of a cat"
+
+
+@needs("jekyll")
+def test_a_resident_build_makes_the_bytes_snakemake_makes_and_loads_the_backend_once(build, tmp_path):
+    here, there = tmp_path / "here", tmp_path / "there"
+    for copy in (here, there):
+        shutil.copytree(build, copy, symlinks=True)
+    resident, loads = preview_mod.Resident(), []
+    for k, prompt in enumerate(["a photo of a cat", "a photo of a lighthouse"]):
+        edit_config(here, set_prompt(EDITED, 0, prompt))
+        outcome = resident(here, 1, print)
+        assert outcome.error is None and outcome.jobs > 0
+        loads.append({id(cascade) for cascade in backends._LOADED.values()})
+    assert loads[0] == loads[1]  # the second build found the backend loaded
+    edit_config(there, set_prompt(EDITED, 0, "a photo of a lighthouse"))
+    snakemake(there, "--cores", "1")
+    for name in (f"figures/{EDITED}.png", f"results/{EDITED}_stage_2.safetensors", f"site/assets/figures/{EDITED}.png"):
+        assert (here / name).read_bytes() == (there / name).read_bytes(), name
+    assert "Nothing to be done" in snakemake(here, "-n").stdout  # its metadata is Snakemake's own
 
 
 @needs("jekyll")
@@ -355,17 +413,19 @@ def test_edit_a_prompt_and_the_page_shows_the_new_figure(preview, browser):
 @needs("chromium")
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the preview's Snakemake in /proc")
 def test_ctrl_c_stops_a_running_build(preview):
-    """Ctrl-C while a figure samples: Snakemake is stopped and waited for, no half-written file, exit 130 with one
-    line; a plain `snakemake -n` afterwards plans the interrupted figure again (no lock, no incomplete error)."""
+    """Ctrl-C while a figure samples (in the preview's own Snakemake, Resident): the job stops at its next step, no
+    half-written file, exit 130 with one line, no process left behind; a plain `snakemake -n` afterwards plans the
+    interrupted figure again (no lock, no incomplete error)."""
     root = preview.root
     start = len(preview.lines)
     edit_config(root, set_prompt("hybrid_skull_castle", 1, "a photo of a lighthouse"))
     preview.wait_for(r"^preview:\s+\d+ of \d+: hybrid_skull_castle \(sample_hybrids\)", start, TIMEOUT)
-    (workflow,) = children(preview.process.pid)
+    assert children(preview.process.pid) == []  # the build runs inside the preview
+    stopped = time.monotonic()
     preview.process.send_signal(signal.SIGINT)
     assert preview.process.wait(timeout=300) == 130
+    assert time.monotonic() - stopped < 30  # not after the build: the job stopped at its next step
     preview.reader.join(timeout=30)
-    assert not running(workflow)
     assert preview.lines[-1].strip() == \
         "diffusion-post: interrupted (nothing half-written is left: every output is written atomically)"
     assert [str(p) for folder in ("figures", "results", "site") for p in (root / folder).rglob(".*tmp*")] == []

@@ -3,9 +3,10 @@ rebuilds itself in the browser.
 
 How it is built, and why:
 
-- Snakemake is the one builder. Each change runs the project's own workflow, `python -m snakemake --cores N` with
-  its default target: the command `make post` runs, so only what depends on the change reruns, and the `site`
-  rule's `jekyll build` stays the only writer of site/_site. Jekyll's `jekyll serve --livereload` is not used: it
+- Snakemake is the one builder. Each change runs the project's own workflow with its default target, as
+  `snakemake --cores N` (what `make post` runs), so only what depends on the change reruns, and the `site` rule's
+  `jekyll build` stays the only writer of site/_site. It runs inside this process (Resident), so that Snakemake,
+  torch and the backend load once, not at every save; after an edit of the package's own code, in a new process. Jekyll's `jekyll serve --livereload` is not used: it
   would be a second builder of the site, and it reloads the page at each file it sees change (the post first, then
   each figure as it is published), where the preview reloads once, when the whole build is done.
 - This process serves site/_site itself (`serve_site`: the standard library's HTTP server, on 127.0.0.1, under the
@@ -46,12 +47,12 @@ import threading
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
+from . import backends, site
 from . import config as post_config
-from . import site
 
-__all__ = ["PreviewError", "Sources", "Status", "serve_site", "with_preview", "snakemake", "Preview", "run"]
+__all__ = ["PreviewError", "Sources", "Status", "serve_site", "with_preview", "snakemake", "Resident", "Preview", "run"]
 
 EVENTS = "/__preview__/events"
 DEFAULT_PORT = 4000
@@ -104,6 +105,13 @@ class Sources:
             return True
         site_dir = os.path.join(self.root, "site")
         return path.startswith(site_dir + os.sep) and site.is_source(os.path.relpath(path, site_dir))
+
+    def is_image(self, path: str) -> bool:
+        """Whether `path` is one of the sources that is an image (an input, a mask, one of backend/images): not
+        config.yaml, a template or a file of the site."""
+        path = os.path.normpath(path)
+        return path in self and path != os.path.join(self.root, "config.yaml") and not any(
+            path.startswith(os.path.join(self.root, folder) + os.sep) for folder in ("templates", "site"))
 
     def watched(self) -> tuple[str, ...]:
         """The folders to watch, each without its subfolders (they are listed too): the project folder (config.yaml),
@@ -337,26 +345,114 @@ def error_line(log: list[str]) -> str:
     return (errors or lines or ["snakemake failed (no output)"])[-1]
 
 
+class Follow:
+    """What a build's log says, line by line: the last lines kept (for the error line), a progress line to `report`
+    as each job starts, and at the end the Outcome."""
+
+    def __init__(self, report: Callable[[str], None]) -> None:
+        self.report, self.progress, self.log = report, Progress(), collections.deque(maxlen=400)
+
+    def line(self, line: str) -> None:
+        self.log.append(line.rstrip("\n"))
+        if started := self.progress.feed(line):
+            self.report(started)
+
+    def outcome(self, succeeded: bool) -> Outcome:
+        if not succeeded:
+            return Outcome(self.progress.done, error_line(list(self.log)))
+        return Outcome(0 if any(line.startswith("Nothing to be done") for line in self.log) else self.progress.done)
+
+
 def snakemake(root: Path, cores: int | str, report: Callable[[str], None]) -> Outcome:
-    """Run the workflow's default target in `root`; `report` gets a progress line as each job starts. On Ctrl-C
-    Snakemake gets one SIGINT, and this waits for it to stop before raising KeyboardInterrupt again."""
+    """Run the workflow's default target in `root` in a new process (`python -m snakemake --cores N`); `report` gets
+    a progress line as each job starts. On Ctrl-C Snakemake gets one SIGINT, and this waits for it to stop before
+    raising KeyboardInterrupt again."""
     command = [sys.executable, "-m", "snakemake", "--cores", str(cores)]
     run = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                            errors="replace", start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    progress, log = Progress(), collections.deque(maxlen=400)
+    follow = Follow(report)
     try:
         for line in run.stdout:
-            log.append(line.rstrip("\n"))
-            if started := progress.feed(line):
-                report(started)
+            follow.line(line)
         run.wait()
     except KeyboardInterrupt:
         run.send_signal(signal.SIGINT)
         run.communicate()
         raise
-    if run.returncode != 0:
-        return Outcome(progress.done, error_line(list(log)))
-    return Outcome(0 if any(line.startswith("Nothing to be done") for line in log) else progress.done)
+    return follow.outcome(run.returncode == 0)
+
+
+class Lines(io.TextIOBase):
+    """A text stream that hands each complete line to `line`; jobs write from Snakemake's worker threads."""
+
+    def __init__(self, line: Callable[[str], None]) -> None:
+        self._line, self._partial, self._lock = line, "", threading.Lock()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            *lines, self._partial = (self._partial + text).split("\n")
+            for line in lines:
+                self._line(line)
+        return len(text)
+
+
+def package_code() -> dict[str, tuple[int, int]]:
+    """The modules of this package (the code a build in this process runs), with their mtimes and sizes."""
+    return {str(p): (p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(Path(__file__).parent.rglob("*.py"))}
+
+
+class Resident:
+    """The preview's builder: Snakemake run inside the preview's process, through its own command line
+    (snakemake.cli's parse_args and args_to_api: the workflow profile applies as for `snakemake` in a shell), so
+    that Snakemake, torch and the backend (its models, its image set, its denoisers' caches) are imported and loaded
+    once, for every build. A one-prompt edit then costs its jobs, the post and `jekyll build`, not Snakemake's
+    start (~1.5 s), torch's import and the backend's load (~1.5 s) and the interpreter's exit (~1 s) each time.
+
+    Once the package's own code has changed since the first build (its modules, loaded here, would be stale), each
+    build runs `snakemake` in a new process instead (said once). The Preview drops the loaded backends when an image
+    of the backend's set changes (a loaded set is keyed by its folders, not by their files)."""
+
+    def __init__(self, say: Callable[[str], None] | None = None) -> None:
+        self.say = say or functools.partial(print, "preview:", flush=True)
+        self.code: dict[str, tuple[int, int]] | None = None
+
+    def __call__(self, root: Path, cores: int | str, report: Callable[[str], None]) -> Outcome:
+        code = package_code()
+        if self.code is None:
+            self.code = code
+        elif code != self.code:
+            if self.code:  # once
+                self.say("the package's code changed since the preview started: each build now runs snakemake in a "
+                         "new process (restart the preview to build in this one again)")
+                self.code = {}
+            return snakemake(root, cores, report)
+        return self.build(Path(root), cores, report)
+
+    @staticmethod
+    def build(root: Path, cores: int | str, report: Callable[[str], None]) -> Outcome:
+        from snakemake.cli import args_to_api, parse_args
+
+        from . import backends, interrupt
+
+        follow, here, sigint = Follow(report), os.getcwd(), signal.getsignal(signal.SIGINT)
+        try:
+            os.chdir(root)  # where `snakemake` looks for the Snakefile and its profile
+            with contextlib.redirect_stderr(Lines(follow.line)):
+                parser, args = parse_args(["--cores", str(cores)])
+                succeeded = args_to_api(args, parser)
+        except SystemExit as stop:  # the Snakefile's one-line config error
+            follow.line(str(stop.code))
+            succeeded = stop.code in (0, None)
+        finally:
+            os.chdir(here)
+            signal.signal(signal.SIGINT, sigint)  # the Snakefile wraps the handler (interrupt.install) at each build
+            backends.forget()  # the backends this build did not use (an edit of their options made new ones)
+        if interrupt.STOP.is_set():  # Ctrl-C: Snakemake stopped its jobs and returned
+            raise KeyboardInterrupt
+        return follow.outcome(succeeded)
 
 
 # --------------------------------------------------------------------------------------------
@@ -365,14 +461,16 @@ def snakemake(root: Path, cores: int | str, report: Callable[[str], None]) -> Ou
 
 class Preview:
     """Watches the project at `root` (the current folder) and rebuilds it, keeping `status` up to date for the
-    pages. `build` runs the workflow (default: `snakemake`); `say` prints a line for the terminal."""
+    pages. `build` runs the workflow (default: Resident, Snakemake in this process); `say` prints a line for the
+    terminal."""
 
     def __init__(self, root: Path, status: Status, *, cores: int | str = "all", quiet: float = QUIET, url: str | None = None,
-                 build: Callable[[Path, int, Callable[[str], None]], Outcome] = snakemake,
+                 build: Callable[[Path, int, Callable[[str], None]], Outcome] | None = None,
                  say: Callable[[str], None] | None = None) -> None:
-        self.root, self.status, self.cores, self.quiet, self._build = Path(root).resolve(), status, cores, quiet, build
+        self.root, self.status, self.cores, self.quiet = Path(root).resolve(), status, cores, quiet
         self.url = url  # where the site is served, to name the post's page after the first build
-        self.say = say or functools.partial(print, "preview:", flush=True)
+        self.say = say or functools.partial(print, "preview:", flush=True, file=sys.stdout)  # not a build's log
+        self._build = build or Resident(self.say)
         self.sources = Sources.of(self.root, self.load()[0])
 
     def load(self) -> tuple[dict | None, str | None]:
@@ -393,7 +491,10 @@ class Preview:
             self.status.update(message=message)
         return config
 
-    def build(self) -> None:
+    def build(self, changed: Iterable[str] = ()) -> None:
+        """Run the workflow (after the `changed` paths were saved) and show the outcome."""
+        if any(self.sources.is_image(path) for path in changed):
+            backends.forget(everything=True)  # a resident backend's image set may hold the old image
         started = time.monotonic()
         self.say("building ...")
         outcome = self._build(self.root, self.cores, lambda line: self.say(f"  {line}"))
@@ -420,7 +521,7 @@ class Preview:
         """Build now, then after every change of a source, until `stop` is set (or Ctrl-C)."""
         import watchfiles
 
-        pending = True  # bring the post up to date first
+        pending, changed = True, set()  # bring the post up to date first
         while True:
             folders = self.sources.watched()
             changes = watchfiles.watch(*folders, watch_filter=lambda change, path: path in self.sources,
@@ -431,6 +532,7 @@ class Preview:
                     for batch in changes:
                         if batch:  # wait until `quiet` seconds pass without a change
                             pending = True
+                            changed |= {path for _, path in batch}
                             continue
                         if not pending:
                             continue
@@ -441,7 +543,8 @@ class Preview:
                             pending = config is not None
                             break
                         if config is not None:
-                            self.build()
+                            self.build(changed)
+                            changed = set()
                     else:
                         return
                 except FileNotFoundError:  # a folder went away before its watch began: list them again

@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # torch-free at import: the config check reads backends.local
     from .prompt_cache import PromptCache
 
 _LOADED: dict[str, Cascade] = {}
+_USED: set[str] = set()  # the keys of _LOADED that load_backend served since the last forget()
 _PROMPT_CACHES: dict[str, PromptCache] = {}
 _LOCK = threading.Lock()  # jobs running as threads of one Snakemake process share one load
 _PROMPTS_LOCK = threading.Lock()
@@ -82,7 +83,21 @@ def load_backend(backend: dict) -> Cascade:
             print(f"{LOAD_MESSAGE} {backend['name']} {_placement(backend)} (process {os.getpid()})", file=sys.stderr,
                   flush=True)
             _LOADED[key] = _load(backend)
-    return _LOADED[key]
+        _USED.add(key)
+        return _LOADED[key]
+
+
+def forget(everything: bool = False) -> None:
+    """Drop the loaded cascades that no load_backend call asked for since the last forget() (all of them, and the
+    ideal backend's image sets, with `everything`). For a process that builds again and again (the preview): after
+    an edit of a backend's options only the new cascade stays, and after an image of the set changed none does."""
+    with _LOCK:
+        for key in set(_LOADED) - (set() if everything else _USED):
+            del _LOADED[key]
+        _USED.clear()
+    image_set = sys.modules.get(f"{__name__}.image_set")
+    if everything and image_set is not None:
+        image_set.image_set_of.cache_clear()  # keyed by the set's folders, not by their files
 
 
 def _placement(backend: dict) -> str:
