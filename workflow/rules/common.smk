@@ -14,6 +14,9 @@ except post_config.ConfigError as error:
 
 FIGURES = post_config.figure_table(config)  # name -> (section, own parameters)
 SPECS = {name: post_config.resolve(config, name) for name in FIGURES}
+# The figures another figure samples from (a stage II from its stage I): their jobs go first, so that the chains
+# of two jobs start early and the single jobs fill the cores at the end (1 core was idle ~4 s at a build's end).
+SOURCES = {spec["source"] for spec in SPECS.values() if "source" in spec}
 FRAMES = post_config.figure_frames(config)  # interactive figure -> its frame files
 PACKAGE = Path("src/diffusion_post")  # relative, so a moved or copied project keeps its build state
 PACKAGE_MODULES = sorted(PACKAGE.rglob("*.py"))
