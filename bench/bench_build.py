@@ -9,6 +9,10 @@ Each round, for each project (this tree, and with --baseline REV the project at 
   warm     a fresh copy (no results, figures or post) sharing the cache the cold build filled
   rebuild  in the warm copy, after editing one prompt (the second prompt of the first anagram): its figures, their
            stage II and animation, the post and the site
+  preview rebuild   the same edit rebuilt by the preview's builder (preview.Resident: Snakemake in a process that
+           stays, as `diffusion-post preview` runs it), after another edit has loaded the backend there: what a
+           writer waits for after each save, less the preview's 0.4 s quiet time and the page's reload
+           (bench_preview.py measures those too). Projects without it (before f3a7900) show nan.
 Wall seconds, CPU seconds (user + system of the build and its children) and the sampling the build's own jobs logged
 (`diffusion-post: sampled NAME in S s`). With --rounds N the table shows the median of the N rounds, each round's
 values beside it. Wall times on a 2-core virtual machine vary by a fifth or more between identical runs, even idle:
@@ -18,6 +22,7 @@ compare the two projects of the same run.
 """
 
 import argparse
+import math
 import os
 import re
 import resource
@@ -34,7 +39,8 @@ from diffusion_post.build import SAMPLED_MESSAGE
 from diffusion_post.project import copy_project
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGETS = {"cold": 90, "warm": 30, "rebuild": 5}  # issue 22, seconds on an idle 2-core machine
+TARGETS = {"cold": 90, "warm": 30, "rebuild": 5, "preview rebuild": 5}  # issue 22, seconds on an idle 2-core machine
+EDITS = ("a snowman", "a lighthouse")  # the new prompt of each edit
 
 
 def timed(command: list[str], cwd: Path) -> dict[str, float]:
@@ -51,11 +57,30 @@ def timed(command: list[str], cwd: Path) -> dict[str, float]:
             "sampling": sum(map(float, sampled)) if sampled else float("nan")}
 
 
-def edit_one_prompt(config_path: Path) -> None:
+def edit_one_prompt(config_path: Path, prompt: str = EDITS[0]) -> None:
     config = yaml.safe_load(config_path.read_text())
     anagram = next(spec for figures in config["figures"].values() for spec in figures.values() if spec["technique"] == "anagram")
-    anagram["prompts"][1] = "a snowman"
+    anagram["prompts"][1] = prompt
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def resident_rebuild(root: Path) -> None:
+    """(Run with the project's own code.) In `root`, up to date after the first edit: the preview's builder rebuilds
+    it after a second edit (loading the backend), then after a third (the first again); prints the wall and CPU
+    seconds of the last."""
+    from diffusion_post.preview import Resident
+
+    build = Resident(say=lambda line: None)
+    for prompt in EDITS[1:]:
+        edit_one_prompt(root / "config.yaml", prompt)
+        assert build(root, "all", lambda line: None).error is None
+    edit_one_prompt(root / "config.yaml", EDITS[0])
+    cpu = lambda: sum(u.ru_utime + u.ru_stime for u in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
+    cpu_before, start = cpu(), time.perf_counter()
+    outcome = build(root, "all", lambda line: None)
+    wall, cpu = time.perf_counter() - start, cpu() - cpu_before  # this process's threads and `jekyll build`
+    assert outcome.error is None and outcome.jobs, outcome
+    print(f"{wall} {cpu}")
 
 
 def measure(root: Path, scratch: Path) -> dict[str, dict[str, float]]:
@@ -70,6 +95,10 @@ def measure(root: Path, scratch: Path) -> dict[str, dict[str, float]]:
         numbers[name] = timed(build, work)
     edit_one_prompt(scratch / "warm" / "config.yaml")
     numbers["rebuild"] = timed(build, scratch / "warm")
+    resident = subprocess.run([sys.executable, __file__, "--resident-rebuild", str(scratch / "warm")], capture_output=True,
+                              text=True, env={**os.environ, "PYTHONPATH": str(root / "src")})
+    wall, cpu = map(float, resident.stdout.split()) if resident.returncode == 0 else (math.nan, math.nan)
+    numbers["preview rebuild"] = {"wall": wall, "cpu": cpu, "sampling": math.nan}
     return numbers
 
 
@@ -77,7 +106,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", metavar="REV", help="also measure the project at this git revision, in the same run")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (the table shows their median)")
+    parser.add_argument("--resident-rebuild", type=Path, help=argparse.SUPPRESS)  # one measurement, run by measure()
     args = parser.parse_args()
+    if args.resident_rebuild:
+        return resident_rebuild(args.resident_rebuild)
     with tempfile.TemporaryDirectory() as tmp:
         projects = {"this tree": ROOT}
         if args.baseline:
@@ -96,7 +128,7 @@ def main() -> None:
                       file=sys.stderr, flush=True)
     print(f"{'seconds (median of ' + str(args.rounds) + ')':<34}" + "".join(f"{name:>24}" for name in projects))
     for build, target in TARGETS.items():
-        for key, label in (("wall", f"{build} build" if build != "rebuild" else "one-prompt rebuild"),
+        for key, label in (("wall", f"{build} build" if build in ("cold", "warm") else f"one-prompt {build}"),
                            ("cpu", "  CPU seconds"), ("sampling", "  sampling its jobs logged")):
             cells = []
             for name in projects:
