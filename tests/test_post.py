@@ -408,6 +408,27 @@ def test_a_disclosure_is_read_from_the_record_and_inert():
     assert html.unescape(bare["Code"]) == "<code>diffusion_post 0.1.0</code>, not from a git checkout" and "Time" not in bare
 
 
+def test_the_forward_process_and_blur_show_no_guidance_schedule_or_denoiser_they_did_not_use():
+    """They call no denoiser: their parameters hold none of the defaults of sampling, their disclosure shows no
+    guidance, schedule or denoiser, and the blur's caption does not say which denoiser made it (one-step's does)."""
+    config, models = load_config(), {**IDEAL, "denoiser": "exact"}  # as the ideal backend describes itself
+    for name in ("forward", "blur"):
+        spec = post_config.resolve(config, name)
+        assert not {"guidance_scale", "unconditional_prompt", "start", "stride", "thresholding", "denoiser"} & set(spec)
+        rows = {label: html.unescape(re.sub(r"</?code>", "", value))
+                for label, value in post.how_made(f"figures/{name}.png", fake_record(config, name, models), None)}
+        assert "Guidance" not in rows and "Schedule" not in rows and rows["Backend"] == "ideal", rows
+        assert "Models" not in rows  # the ideal backend's prompt encoder: not used
+        deepfloyd = dict(post.how_made(f"figures/{name}.png", fake_record(config, name, DEEPFLOYD), None))
+        assert html.unescape(re.sub(r"</?code>", "", deepfloyd["Models"])) == "stage 1 DeepFloyd/IF-I-L-v1.0"  # its schedule
+    one_step = dict(post.how_made("figures/one_step.png", fake_record(config, "one_step", models), None))
+    assert "Guidance" in one_step and "denoiser" in one_step["Backend"]
+    _, body = split(render(context(config)))
+    blur = re.search(r"Gaussian blur \(kernel \d+.*", body)[0]
+    assert "Made by" not in blur
+    assert re.search(r"Made by the (exact|local \(patch\)) denoiser", body)
+
+
 def test_an_anagrams_caption_names_the_set_image_nearest_to_each_view():
     """From the figure's record (`looks_like`, each sample's views in order), in the post's words for the views; the
     section says which denoiser made the anagrams."""

@@ -11,7 +11,7 @@ import jsonschema
 import yaml
 
 from .backends.local_options import LocalOptions  # torch-free
-from .spec import COMPONENTS, STAGE_1_SIZE, timesteps
+from .spec import COMPONENTS, PROMPTLESS, STAGE_1_SIZE, timesteps
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 BUILTIN = "builtin:"
@@ -117,8 +117,12 @@ def place(config: dict, name: str) -> str:
 
 
 def resolve(config: dict, name: str) -> dict:
-    """A figure's parameters: defaults, then (for stage II) its source's, then its own, plus the seed."""
+    """A figure's parameters: defaults, then (for stage II) its source's, then its own, plus the seed. A technique
+    that calls no denoiser (PROMPTLESS: the forward process, blur) takes its own and the seed only: no guidance,
+    schedule or denoiser is recorded, or shown under it in the post, that did not make it."""
     section, own = figure_table(config)[name]
+    if own["technique"] in PROMPTLESS:
+        return {"seed": config["seed"], **own}
     spec = {**config["defaults"], "seed": config["seed"], **section_denoiser(config, section)}
     if own["technique"] == "upsample":
         source = resolve(config, own["source"])

@@ -21,7 +21,7 @@ import jinja2
 from PIL import Image
 
 from .config import NO_SCHEDULE, figure_of, frame_values, shown_timesteps
-from .spec import timesteps
+from .spec import PROMPTLESS, timesteps
 from .files import atomic_path
 from .png import read_parameters
 from .provenance import read_seconds
@@ -129,7 +129,7 @@ def prompt_choices(specs: dict[str, dict], records: dict[str, dict]) -> list[dic
     [{caption, images, weight}, ...]}, ...] (empty for the other backends)."""
     rows: dict[tuple[str, str | None], list[dict]] = {}
     for name, record in records.items():
-        if name in specs:
+        if specs.get(name, {}).get("denoiser"):  # (the forward process and blur call none)
             for prompt, captions in record.get("prompt_weights", {}).items():
                 rows.setdefault((prompt, specs[name].get("denoiser")), captions)
     return [{"prompt": prompt, "denoiser": denoiser, "captions": captions} for (prompt, denoiser), captions in rows.items()]
@@ -202,10 +202,11 @@ def how_made(file: str, record: dict, seconds: dict | None) -> list[tuple[str, s
         rows.append(("Parameters", ", ".join(f"{_html(k)} {_value(v)}" for k, v in sorted(others.items()))))
     models = record.get("models")  # from what
     if models:
-        denoiser = f", its {_code(models['denoiser'])} denoiser" if models.get("denoiser") else ""
+        promptless = record.get("technique") in PROMPTLESS  # the forward process and blur: the noise schedule only
+        denoiser = f", its {_code(models['denoiser'])} denoiser" if models.get("denoiser") and not promptless else ""
         rows.append(("Backend", _code(models.get("backend")) + denoiser))
         ids = [f"{_html(key.replace('_', ' '))} {_code(model_name(models[key]))}"
-               for key in ("stage_1", "stage_2", "text_encoder") if models.get(key)]
+               for key in (("stage_1",) if promptless else ("stage_1", "stage_2", "text_encoder")) if models.get(key)]
         if ids:
             rows.append(("Models", ", ".join(ids)))
     for key, file_record in record.get("input_files", {}).items():

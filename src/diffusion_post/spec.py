@@ -21,7 +21,10 @@ def evenly_spaced_timesteps(num_steps: int, num_train_timesteps: int = 1000) -> 
 
 
 def timesteps(spec: dict) -> list[int]:
-    """num_inference_steps evenly spaced (as IF's pipelines), else strided from `start` by `stride`."""
+    """num_inference_steps evenly spaced (as IF's pipelines), else strided from `start` by `stride`; none for a
+    technique that calls no denoiser (PROMPTLESS)."""
+    if spec.get("technique") in PROMPTLESS:
+        return []
     if spec.get("num_inference_steps"):
         return evenly_spaced_timesteps(spec["num_inference_steps"])
     return strided_timesteps(spec["start"], spec["stride"])

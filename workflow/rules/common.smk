@@ -47,7 +47,7 @@ def code(*names):
 
 def sampling_code(spec):
     """The package modules a figure's sampling runs (spec: its resolved parameters)."""
-    runs = spec.get("denoiser") if config["backend"]["name"] == "ideal" else config["backend"]["name"]
+    runs = spec.get("denoiser", "exact") if config["backend"]["name"] == "ideal" else config["backend"]["name"]
     return [str(p) for p in PACKAGE_MODULES if p.name not in NOT_SAMPLING | NOT_RUN[runs] and p.parent.name != "training"]
 
 
