@@ -3,6 +3,7 @@ Snakemake), then the real thing on a copy of the built post in headless Chromium
 reloads with the new figure, a bad edit shows the check's line in a banner, Ctrl-C stops a running build."""
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -88,20 +89,39 @@ def test_an_image_of_the_set_is_told_from_the_other_sources(tmp_path):
         assert not sources.is_image(str(root / path)), path
 
 
-def test_forget_keeps_only_the_backends_a_build_used(monkeypatch):
+def test_a_new_build_drops_the_backends_it_no_longer_uses_before_loading_another(monkeypatch):
     monkeypatch.setattr(backends, "_LOADED", {})
     monkeypatch.setattr(backends, "_USED", set())
     monkeypatch.setattr(backends, "_load", lambda backend: object())
-    first, second = {"name": "ideal", "denoiser": "exact"}, {"name": "ideal", "denoiser": "local"}
-    loaded = backends.load_backend(first), backends.load_backend(second)
-    backends.forget()  # both used since: both kept
-    assert backends.load_backend(first) is loaded[0] and backends.load_backend(second) is loaded[1]
+    a, b, c = ({"name": "ideal", "denoiser": "exact", "temperature": t} for t in (0.01, 0.02, 0.03))
+    loaded = {"a": backends.load_backend(a), "b": backends.load_backend(b)}  # one build loads both: both stay
+    assert backends.load_backend(a) is loaded["a"] and backends.load_backend(b) is loaded["b"]
+    backends.forget()  # the next build asks for a, then for c (an edit of b's options): b goes before c loads
+    assert backends.load_backend(a) is loaded["a"]
+    backends.load_backend(c)
+    assert set(backends._LOADED) == {json.dumps(x, sort_keys=True) for x in (a, c)}
     backends.forget()
-    backends.load_backend(second)
-    backends.forget()  # first not asked for since the last forget: dropped
-    assert backends.load_backend(second) is loaded[1] and backends.load_backend(first) is not loaded[0]
-    backends.forget(everything=True)
+    backends.forget()  # a build that sampled nothing (a template edit) drops nothing
+    assert backends.load_backend(a) is loaded["a"]
+    backends.forget(everything=True)  # an image of the set changed
     assert backends._LOADED == {}
+
+
+def test_interrupt_chains_in_front_of_snakemakes_sigterm_handler():
+    """The Snakefile's onstart puts interrupt's handler in front of the scheduler's SIGTERM handler: a kill sets STOP
+    (the sampling jobs stop at their next step, the preview stops) and still reaches Snakemake."""
+    from diffusion_post import interrupt
+
+    seen, before = [], signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))  # as Snakemake's scheduler does
+        interrupt.install(signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        wait_until(lambda: seen, what="the handler")
+        assert interrupt.STOP.is_set() and seen == [signal.SIGTERM]
+    finally:
+        interrupt.STOP.clear()
+        signal.signal(signal.SIGTERM, before)
 
 
 def test_resident_builds_here_until_the_package_code_changes(monkeypatch, tmp_path):
@@ -347,13 +367,15 @@ def test_a_resident_build_makes_the_bytes_snakemake_makes_and_loads_the_backend_
     here, there = tmp_path / "here", tmp_path / "there"
     for copy in (here, there):
         shutil.copytree(build, copy, symlinks=True)
-    resident, loads = preview_mod.Resident(), []
+    resident, loads = preview_mod.Resident(lambda line: None), []
+    handlers = [signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)]
     for k, prompt in enumerate(["a photo of a cat", "a photo of a lighthouse"]):
         edit_config(here, set_prompt(EDITED, 0, prompt))
         outcome = resident(here, 1, print)
         assert outcome.error is None and outcome.jobs > 0
         loads.append({id(cascade) for cascade in backends._LOADED.values()})
-    assert loads[0] == loads[1]  # the second build found the backend loaded
+        assert [signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)] == handlers  # put back
+    assert loads[0] and loads[0] == loads[1]  # the second build found the backend loaded
     edit_config(there, set_prompt(EDITED, 0, "a photo of a lighthouse"))
     snakemake(there, "--cores", "1")
     for name in (f"figures/{EDITED}.png", f"results/{EDITED}_stage_2.safetensors", f"site/assets/figures/{EDITED}.png"):

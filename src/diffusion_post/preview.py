@@ -24,9 +24,11 @@ How it is built, and why:
 - Before Snakemake starts, the config check the workflow runs (config.load: torch-free, fast). A bad edit runs no
   build: the last good site stays on screen with the check's line in the banner (and in the terminal) until the
   config is fixed. A build that fails later (a job, `jekyll build`) shows its error line the same way.
-- Ctrl-C stops the server, the watcher and a running Snakemake: it gets one SIGINT (it runs in its own session, so a
-  terminal's Ctrl-C does not reach it twice), and the preview waits for it; its jobs stop at the next sampling step
-  and leave no half-written file (interrupt.py), and the next build finishes the work.
+- Ctrl-C (or a plain kill) stops the server, the watcher and a running build: Snakemake, in this process, stops
+  its jobs at their next sampling step and waits for them (interrupt.py); a running `jekyll build` runs in its own
+  session, so the terminal's Ctrl-C does not reach it, and finishes; no half-written file is left, and the next build
+  finishes the work. (A build in a new process, after an edit of the package's code, gets one SIGINT and is waited
+  for.)
 """
 
 from __future__ import annotations
@@ -394,8 +396,8 @@ class Lines(io.TextIOBase):
     def write(self, text: str) -> int:
         with self._lock:
             *lines, self._partial = (self._partial + text).split("\n")
-            for line in lines:
-                self._line(line)
+        for line in lines:  # outside the lock: what `line` does may write here again
+            self._line(line)
         return len(text)
 
 
@@ -412,11 +414,15 @@ class Resident:
     start (~1.5 s), torch's import and the backend's load (~1.5 s) and the interpreter's exit (~1 s) each time.
 
     Once the package's own code has changed since the first build (its modules, loaded here, would be stale), each
-    build runs `snakemake` in a new process instead (said once). The Preview drops the loaded backends when an image
-    of the backend's set changes (a loaded set is keyed by its folders, not by their files)."""
+    build runs `snakemake` in a new process instead (said once), and what this process loaded is released. The
+    Preview drops the loaded backends when an image of the backend's set changes (a loaded set is keyed by its
+    folders, not by their files)."""
 
-    def __init__(self, say: Callable[[str], None] | None = None) -> None:
-        self.say = say or functools.partial(print, "preview:", flush=True)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)  # the Snakefile wraps SIGINT's handler (interrupt.install), Snakemake's
+    # scheduler sets SIGTERM's, at each build: both are put back after it
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self.say = say
         self.code: dict[str, tuple[int, int]] | None = None
 
     def __call__(self, root: Path, cores: int | str, report: Callable[[str], None]) -> Outcome:
@@ -428,28 +434,36 @@ class Resident:
                 self.say("the package's code changed since the preview started: each build now runs snakemake in a "
                          "new process (restart the preview to build in this one again)")
                 self.code = {}
+                from . import backends
+
+                backends.forget(everything=True)
+                backends.release_text_encoders()
             return snakemake(root, cores, report)
         return self.build(Path(root), cores, report)
 
-    @staticmethod
-    def build(root: Path, cores: int | str, report: Callable[[str], None]) -> Outcome:
+    @classmethod
+    def build(cls, root: Path, cores: int | str, report: Callable[[str], None]) -> Outcome:
         from snakemake.cli import args_to_api, parse_args
 
-        from . import backends, interrupt
+        from . import backends, interrupt, provenance
 
-        follow, here, sigint = Follow(report), os.getcwd(), signal.getsignal(signal.SIGINT)
+        backends.forget()  # a new build: what an earlier one loaded stays until this one loads something else
+        provenance.code_version.cache_clear()  # a commit made while the preview runs is the records' code version
+        follow, here = Follow(report), os.getcwd()
+        main = threading.current_thread() is threading.main_thread()
+        handlers = {number: signal.getsignal(number) for number in cls.SIGNALS} if main else {}
         try:
             os.chdir(root)  # where `snakemake` looks for the Snakefile and its profile
             with contextlib.redirect_stderr(Lines(follow.line)):
                 parser, args = parse_args(["--cores", str(cores)])
                 succeeded = args_to_api(args, parser)
-        except SystemExit as stop:  # the Snakefile's one-line config error
-            follow.line(str(stop.code))
+        except SystemExit as stop:  # the Snakefile's one-line config error (a message), or Snakemake's exit status
+            follow.line(stop.code if isinstance(stop.code, str) else f"snakemake stopped (exit status {stop.code})")
             succeeded = stop.code in (0, None)
         finally:
             os.chdir(here)
-            signal.signal(signal.SIGINT, sigint)  # the Snakefile wraps the handler (interrupt.install) at each build
-            backends.forget()  # the backends this build did not use (an edit of their options made new ones)
+            for number, handler in handlers.items():
+                signal.signal(number, handler)
         if interrupt.STOP.is_set():  # Ctrl-C: Snakemake stopped its jobs and returned
             raise KeyboardInterrupt
         return follow.outcome(succeeded)

@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # torch-free at import: the config check reads backends.local
     from .prompt_cache import PromptCache
 
 _LOADED: dict[str, Cascade] = {}
-_USED: set[str] = set()  # the keys of _LOADED that load_backend served since the last forget()
+_USED: set[str] = set()  # the keys of _LOADED that load_backend served since the last forget() (in this build)
 _PROMPT_CACHES: dict[str, PromptCache] = {}
 _LOCK = threading.Lock()  # jobs running as threads of one Snakemake process share one load
 _PROMPTS_LOCK = threading.Lock()
@@ -79,6 +79,7 @@ def load_backend(backend: dict) -> Cascade:
     key = json.dumps(backend, sort_keys=True)
     with _LOCK:
         if key not in _LOADED:
+            _drop(set(_LOADED) - _USED)  # an earlier build's, not asked for in this one (never in a one-build process)
             release_text_encoders()
             print(f"{LOAD_MESSAGE} {backend['name']} {_placement(backend)} (process {os.getpid()})", file=sys.stderr,
                   flush=True)
@@ -88,16 +89,28 @@ def load_backend(backend: dict) -> Cascade:
 
 
 def forget(everything: bool = False) -> None:
-    """Drop the loaded cascades that no load_backend call asked for since the last forget() (all of them, and the
-    ideal backend's image sets, with `everything`). For a process that builds again and again (the preview): after
-    an edit of a backend's options only the new cascade stays, and after an image of the set changed none does."""
+    """A new build begins, in a process that builds again and again (the preview). The cascades loaded so far stay
+    loaded; the first new one this build loads replaces those it has not asked for by then, so that after an edit of
+    a backend's options the old cascade is dropped before the new one loads (the two never share a GPU), and a build
+    that samples nothing drops nothing. With `everything`, drop them all now, and the ideal backend's image sets (after
+    an image of the set changed: a loaded set is keyed by its folders, not by their files)."""
     with _LOCK:
-        for key in set(_LOADED) - (set() if everything else _USED):
-            del _LOADED[key]
+        if everything:
+            _drop(set(_LOADED))
         _USED.clear()
     image_set = sys.modules.get(f"{__name__}.image_set")
     if everything and image_set is not None:
-        image_set.image_set_of.cache_clear()  # keyed by the set's folders, not by their files
+        image_set.image_set_of.cache_clear()
+
+
+def _drop(keys: set[str]) -> None:
+    """Drop these loaded cascades and free their memory (under _LOCK)."""
+    for key in keys:
+        del _LOADED[key]
+    if keys:
+        from .prompt_cache import free_memory
+
+        free_memory()
 
 
 def _placement(backend: dict) -> str:
