@@ -9,6 +9,8 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
+import signal
+
 from diffusion_post import interrupt
 from diffusion_post.project import remove_stale_locks
 
@@ -26,6 +28,9 @@ onstart:
     # every ready job. Jobs that run here need no rate limit: without it the scheduler wakes when a job ends.
     if workflow.local_exec and hasattr(workflow.scheduler, "job_rate_limiter"):
         workflow.scheduler.job_rate_limiter = None
+    # The scheduler has set its SIGTERM handler (a graceful stop): a kill also stops the sampling jobs at their next
+    # step, as Ctrl-C does, and tells the preview, which runs this Snakemake in its own process, to stop too.
+    interrupt.install(signal.SIGTERM)
 
 # config.yaml read strictly first (duplicate keys, YAML syntax errors with line and column), one line on error.
 from diffusion_post.config import ConfigError, load_yaml

@@ -16,15 +16,19 @@ class Interrupted(KeyboardInterrupt):
     pass
 
 
-def install() -> None:
-    """In the main thread: on SIGINT set STOP, then do what SIGINT did before (Snakemake's own handling).
+def install(signum: int = signal.SIGINT) -> None:
+    """In the main thread: on SIGINT (or `signum`) set STOP, then do what the signal did before (Snakemake's own
+    handling). The Snakefile installs it for SIGINT as it is parsed, and for SIGTERM once Snakemake's scheduler has
+    set its own SIGTERM handler (onstart), so that a plain kill also stops the jobs at their next step.
 
     An ignored SIGINT (a build that a script started in the background, `snakemake ... &`) stays ignored: there
     Snakemake's scheduler would not stop, and it drops a job that raised KeyboardInterrupt without waking up, so a
     stopped job would leave the build waiting for ever."""
-    previous = signal.getsignal(signal.SIGINT)
+    previous = signal.getsignal(signum)
     if threading.current_thread() is not threading.main_thread() or previous == signal.SIG_IGN:
         return
+    if signum != signal.SIGINT and not callable(previous):
+        return  # only chained in front of a handler (Snakemake's): the default action of SIGTERM stays as it is
 
     def handler(signum, frame):
         STOP.set()
@@ -33,7 +37,7 @@ def install() -> None:
         elif previous == signal.SIG_DFL:
             raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, handler)
+    signal.signal(signum, handler)
 
 
 def check() -> None:

@@ -102,7 +102,8 @@ def _ancestors() -> set[int]:
 def remove_stale_locks(workdir: Path | str = ".") -> list[Path]:
     """Remove the locks a killed Snakemake run (kill -9, a crash, a power loss) left in `workdir`/.snakemake/locks,
     which would otherwise stop every later run until `snakemake --unlock`. Locks are stale when no other Snakemake
-    process works in this folder; that is known from /proc (Linux), so elsewhere nothing is removed."""
+    process, and no `diffusion-post preview` (which runs Snakemake in its own process), works in this folder; that is
+    known from /proc (Linux), so elsewhere nothing is removed."""
     workdir = Path(workdir).resolve()
     locks = sorted((workdir / ".snakemake" / "locks").glob("*.lock"))
     if not locks or not Path("/proc/self/cwd").exists():
@@ -112,7 +113,9 @@ def remove_stale_locks(workdir: Path | str = ".") -> list[Path]:
         if not entry.name.isdigit() or int(entry.name) in mine:
             continue
         try:
-            if Path(os.readlink(entry / "cwd")).resolve() == workdir and b"snakemake" in (entry / "cmdline").read_bytes():
+            command = (entry / "cmdline").read_bytes()
+            builds = b"snakemake" in command or (b"diffusion" in command and b"preview" in command)  # (it runs its own)
+            if builds and Path(os.readlink(entry / "cwd")).resolve() == workdir:
                 return []  # a live run holds them
         except OSError:
             continue

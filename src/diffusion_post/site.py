@@ -216,9 +216,9 @@ def build_site(
     command = [jekyll, "build", "--source", str(site), "--destination", str(out), "--strict-front-matter"]
     if baseurl is not None:
         command += ["--baseurl", baseurl]
-    proc = subprocess.run(
+    proc = subprocess.run(  # in its own session: a terminal's Ctrl-C (for the build around it) lets it finish
         command,
-        cwd=site, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=site, env=env, capture_output=True, text=True, timeout=timeout, start_new_session=True,
     )
     output = _strip_ansi(proc.stdout + proc.stderr)
     for line in output.splitlines():
