@@ -179,4 +179,5 @@ def test_one_prompt_edit_reruns_exactly_its_figures_on_the_tiny_backend(cold, tm
     dry = snakemake(edited, "-n", "figures")
     outputs = {f for line in re.findall(r"^\s+output: (.+)$", dry, re.M) for f in line.split(", ")}
     assert outputs == {f"results/prompt_embeds/{prompt_digest('a photo of a castle')}.json",
-                       "results/dogs.safetensors", "results/dogs.seconds.json", "figures/dogs.png"}
+                       "results/dogs.safetensors", "results/dogs.seconds.json", "figures/dogs.png",
+                       "site/assets/figures/dogs.png"}  # (its layout job publishes it)

@@ -17,6 +17,7 @@ from conftest import snakemake
 
 from diffusion_post import __version__, config as post_config
 from diffusion_post.backends import LOAD_MESSAGE
+from diffusion_post.spec import PROMPTLESS
 
 pytestmark = pytest.mark.skipif(
     not os.environ.get("CI") and not (shutil.which("jekyll") and shutil.which("chromium")),
@@ -124,7 +125,7 @@ def test_local_denoiser_settings_rerun_only_its_figures(build, tmp_path):
     (edited / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     rerun = {Path(f).stem for f in scheduled_outputs(edited) if f.startswith("results/") and f.endswith(".safetensors")}
     specs = {name: post_config.resolve(config, name) for name in post_config.figure_table(config)}
-    assert rerun == {name for name, spec in specs.items() if spec["denoiser"] == "local"}
+    assert rerun == {name for name, spec in specs.items() if spec.get("denoiser") == "local"}  # (forward, blur: none)
     assert "one_step" not in rerun and "cfg_samples" in rerun
 
 
@@ -250,7 +251,9 @@ def test_every_figure_shows_how_it_was_made_from_its_own_record(build):
             assert rows["Compares"] == ", ".join(f"{m} (figure {f})" for m, f in record["methods"].items())
             continue
         assert rows["Technique"].split()[0] == record["technique"] and rows["Seed"] == str(record["seed"])
-        assert rows["Backend"] == f"{record['models']['backend']}, its {record['models']['denoiser']} denoiser"
+        ran = record["technique"] not in PROMPTLESS  # the forward process and blur call no denoiser
+        assert rows["Backend"] == f"{record['models']['backend']}" + (f", its {record['models']['denoiser']} denoiser" if ran else "")
+        assert ("Guidance" in rows) == ran and ("Schedule" in rows) == (record["technique"] not in post_config.NO_SCHEDULE)
         prompts = record.get("prompts", [record["prompt"]] if "prompt" in record else [])
         assert rows.get("Prompts") == (", ".join(f"“{p}”" for p in prompts) if prompts else None)
         for key, input_file in record["input_files"].items():
