@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 from diffusion_post import guidance, schedule, techniques
 from diffusion_post.backends.exact import ExactUpsampler
 from diffusion_post.backends.ideal import load_ideal
-from diffusion_post.backends.image_set import content, cosine_alphas_cumprod
+from diffusion_post.backends.image_set import content, cosine_alphas_cumprod, resize, up_2
 from diffusion_post.data import emoji_set
 from diffusion_post.data.inputs import DEFAULT_INPUTS, write_default_input
 
@@ -211,6 +211,38 @@ def test_stage_two_pruning_equals_the_full_computation(cascade):
         expected = brute_force_eps(x_t, t, pruned.set.log_weights(embeds), Y, abar, z, Y_low, abar_s)
         torch.testing.assert_close(out[:, :3], expected, rtol=1e-7, atol=1e-7 / (1 - a).sqrt().item())
     assert dropped > 0  # the pruning did prune
+
+
+def test_stage_two_computes_its_prior_of_z_once_per_run(cascade):
+    """The prior given z (and the prompts and z's noise level) is remembered from the last call (LastCall): at a
+    later step, and after any of them changes, the output is that of a denoiser that computes everything afresh."""
+    d = cascade.stage_2.denoiser
+    abar, abar_s = d.alphas_cumprod, cascade.stage_2.lowres_alphas_cumprod
+    Y, Y_64 = set_images(cascade, 256), set_images(cascade, 64)
+    Y_low = F.interpolate(Y_64, size=(256, 256), mode="bilinear", align_corners=True)
+    g = torch.Generator().manual_seed(1)
+    noise = lambda: torch.randn((2, 3, 256, 256), generator=g, dtype=torch.float64)
+    z_of = lambda s: abar_s[s].sqrt() * Y_low[[0, 1]] + (1 - abar_s[s]).sqrt() * noise()  # a weak view of 2 images
+    x_t = abar[990].sqrt() * Y[[0, 4]] + (1 - abar[990]).sqrt() * noise()
+    e1, e2 = cascade.embed(["blue circle", ""]), cascade.embed(["yellow", ""])
+    z1, z2 = z_of(999), z_of(999)
+    calls = [(z1, e1, 990, 999), (z1, e1, 980, 999), (z2, e1, 980, 999), (z2, e2, 980, 999), (z2, e2, 980, 990)]
+    outputs = []
+    for z, embeds, t, noise_level in calls:
+        fresh = ExactUpsampler(d.set, d.prompts, d.description, abar_s)
+        x = torch.cat([x_t, z], dim=1)
+        outputs.append(d(x, t, embeds, noise_level=noise_level))
+        assert torch.equal(outputs[-1], fresh(x, t, embeds, noise_level=noise_level))
+    for before, after in zip(outputs, outputs[1:]):  # each change of t, z, the prompts or z's noise level shows
+        assert not torch.equal(before, after)
+
+
+def test_up_2_is_the_resize_matrix_bit_for_bit_on_float32_values(cascade):
+    R = cascade.stage_2.denoiser.set.up_2
+    y = 3 * torch.randn((2, 3, 128, 128), generator=torch.Generator().manual_seed(2))
+    assert torch.equal(up_2(y), resize(R, y.double()))
+    y = y.double() / 3  # float64 values: the same to rounding
+    torch.testing.assert_close(up_2(y), resize(R, y), rtol=0, atol=1e-14)
 
 
 def test_upsampling_a_stage_one_sample_gives_its_256px_image(cascade):

@@ -102,3 +102,11 @@ def test_dynamic_threshold_matches_diffusers(stage_1_scheduler):
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-7)
     assert torch.equal(ours[0], x0_hat[0])  # below 1: untouched (s clamps to 1, nothing clips)
     assert ours.abs().max() <= 1.0 and not torch.equal(ours[2], x0_hat[2])
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 192, 3 * 256 * 256])
+@pytest.mark.parametrize("q", [0.0, 0.123, 0.5, 0.95, 0.995, 1.0])
+def test_quantile_is_torchs(n, q):
+    """The same float32 numbers as torch.quantile (a rank or weight computed in float64 differs at q = 0.95)."""
+    x = torch.randn((3, n), generator=torch.Generator().manual_seed(n)).abs()
+    assert torch.equal(schedule.quantile(x, q), torch.quantile(x, q, dim=1))

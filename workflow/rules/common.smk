@@ -4,7 +4,7 @@ from pathlib import Path
 
 from diffusion_post import config as post_config  # torch-free: parsing the workflow never imports torch
 from diffusion_post.backends.catalog import encodes_prompts, text_encoder_settings
-from diffusion_post.spec import encoded_prompts, prompt_digest
+from diffusion_post.spec import PROMPTLESS, encoded_prompts, prompt_digest
 from diffusion_post.provenance import seconds_path
 
 try:
@@ -14,9 +14,13 @@ except post_config.ConfigError as error:
 
 FIGURES = post_config.figure_table(config)  # name -> (section, own parameters)
 SPECS = {name: post_config.resolve(config, name) for name in FIGURES}
-# The figures another figure samples from (a stage II from its stage I): their jobs go first, so that the chains
-# of two jobs start early and the single jobs fill the cores at the end (1 core was idle ~4 s at a build's end).
+# Sampling jobs, longest first, so that short ones fill the cores at the end (1 core was idle ~4 s at a build's end,
+# and the last job, 5 guided samples, ran alone): 2 for a figure another samples from (a stage II from its stage I:
+# the chain of two jobs starts early), 1 for a stage II or a figure of several runs or images (1-4 s each), 0 for
+# the rest (one run: inpainting, iterative denoising; under 0.5 s).
 SOURCES = {spec["source"] for spec in SPECS.values() if "source" in spec}
+SAMPLING_PRIORITY = {name: 2 if name in SOURCES else int(spec["technique"] == "upsample" or (
+    spec["technique"] not in PROMPTLESS and post_config.sampled_images(spec) is not None)) for name, spec in SPECS.items()}
 FRAMES = post_config.figure_frames(config)  # interactive figure -> its frame files
 PACKAGE = Path("src/diffusion_post")  # relative, so a moved or copied project keeps its build state
 PACKAGE_MODULES = sorted(PACKAGE.rglob("*.py"))

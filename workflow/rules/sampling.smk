@@ -68,7 +68,7 @@ for section in SECTIONS:
             backend=lambda w: post_config.backend_params(config, SPECS[w.figure]),
         group:
             f"sample_{section}"
-        priority: lambda w: int(w.figure in SOURCES)  # a figure whose result another samples from goes first
+        priority: lambda w: SAMPLING_PRIORITY[w.figure]  # longest first (common.smk)
         resources:
             gpu=GPU_PER_SAMPLING_JOB,
         run:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .image_set import STAGE_1_SIZE, STAGE_2_SIZE, STORED_SIZE, Index, ImageSet, PromptCache, SetDenoiser, resize
+from .image_set import STAGE_1_SIZE, STAGE_2_SIZE, STORED_SIZE, Index, ImageSet, LastCall, PromptCache, SetDenoiser, resize
 
 
 def sq_dist(x_sq: Tensor, x_dot_y: Tensor, y_sq: Tensor, c: float) -> Tensor:
@@ -94,6 +94,14 @@ class ExactUpsampler(SetDenoiser):
         # |Q y_i|: the part of y_i within 4x4 blocks; |y|^2 = 16 |area_4(y)|^2 + |Q y|^2 is an orthogonal split
         self.q_y = (image_set.y_sq - 16 * image_set.y_64_sq).clamp(min=0).sqrt()
         self.last_candidates = 0  # how many images the last call read, for inspection
+        self.prior_given_z = LastCall(self._prior_given_z)
+
+    def _prior_given_z(self, z: Tensor, embeds: Tensor, abar_s: float) -> Tensor:
+        """1. prior_i = log w_i - |z - sqrt(abar_s) up_4(y_i^64)|^2 / (2 (1 - abar_s)), through up_4^T z at 64 px."""
+        S = self.set
+        z_adj = resize(S.up_4.T, z).flatten(1)
+        return S.log_weights(embeds) - sq_dist(z.square().sum((1, 2, 3)), z_adj @ S.y_64.T, S.up_4_sq,
+                                               math.sqrt(abar_s)) / (2 * (1 - abar_s))
 
     @torch.no_grad()
     def __call__(self, x_in: Tensor, t: int, embeds: Tensor, noise_level: int | None = None) -> Tensor:
@@ -101,10 +109,7 @@ class ExactUpsampler(SetDenoiser):
         x_t, z, abar_t, abar_s = self._stage_two_inputs(x_in, t, noise_level)
         c, var, S = math.sqrt(abar_t), 1 - abar_t, self.set
 
-        # 1. prior_i = log w_i - |z - sqrt(abar_s) up_4(y_i^64)|^2 / (2 (1 - abar_s)), through up_4^T z at 64 px
-        z_adj = resize(S.up_4.T, z).flatten(1)
-        prior = S.log_weights(embeds) - sq_dist(z.square().sum((1, 2, 3)), z_adj @ S.y_64.T, S.up_4_sq,
-                                                math.sqrt(abar_s)) / (2 * (1 - abar_s))
+        prior = self.prior_given_z(z, embeds, abar_s)  # the same at every step of a run: computed once
         # 2. |x_t - c y_i|^2 = |x_t|^2 - 2 c (up_2^T x_t).y_i^128 + c^2 |y_i|^2
         x_sq, x_adj = x_t.square().sum((1, 2, 3)), resize(S.up_2.T, x_t).flatten(1)
         candidates = torch.arange(len(S))

@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import re
+import threading
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -75,6 +76,35 @@ def resize_matrix(n_in: int, n_out: int, mode: str, align_corners: bool | None =
 def resize(R: Tensor, y: Tensor) -> Tensor:
     """R y R^T on each channel of (..., n, n)."""
     return R @ y @ R.T
+
+
+def up_2(y: Tensor) -> Tensor:
+    """resize(ImageSet.up_2, y) (bilinear 128 -> 256 px) in float64, ~2x faster by the interpolation kernel. For float32
+    values the numbers are the same bits: the weights are 1/4, 3/4 and 1, so each product is exact in float64 and so
+    is each sum (of two, and of two such sums in the second pass), in any order."""
+    return F.interpolate(y.double(), scale_factor=2, mode="bilinear", align_corners=False)
+
+
+class LastCall:
+    """compute(*args) remembered for its last arguments, one entry per thread (jobs of one build share a denoiser):
+    a stage-II run passes the same z and prompt embeddings at every step, so what depends on them alone is computed
+    once per run. Arguments compare by value (tensors: torch.equal)."""
+
+    def __init__(self, compute: Callable[..., Tensor]):
+        self.compute = compute
+        self._last = threading.local()
+
+    def __call__(self, *args) -> Tensor:
+        last = getattr(self._last, "entry", None)
+        if last is None or not all(_same(a, b) for a, b in zip(args, last[0], strict=True)):
+            last = self._last.entry = (args, self.compute(*args))
+        return last[1]
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, Tensor):
+        return isinstance(b, Tensor) and a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+    return a == b
 
 
 UNIT_VALUES = torch.arange(256, dtype=torch.float64) / 127.5 - 1  # uint8 value v -> v / 127.5 - 1

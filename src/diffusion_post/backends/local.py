@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .image_set import STAGE_1_SIZE, STAGE_2_SIZE, STORED_SIZE, ImageSet, PromptCache, SetDenoiser, resize, unit
+from .image_set import STAGE_1_SIZE, STAGE_2_SIZE, STORED_SIZE, ImageSet, PromptCache, SetDenoiser, unit, up_2
 from .local_options import POOL, LocalOptions
 
 
@@ -195,11 +195,13 @@ class _Local(SetDenoiser):
         return torch.cat([best, *shared], dim=2)  # (B, blocks, k + 4 share)
 
     def local_weights(self, observations: list[tuple[Tensor, Tensor, float, float]], prior: Tensor, P: int
-                      ) -> tuple[Tensor, Tensor]:
-        """The per-pixel posterior over each block's candidates at 64 px: weights (B, blocks, k, b, b) and the
-        candidates (B, blocks, k), rows of the shifted copies. Each observation (x, y_set, c, var) adds
-        -D(x, c y_set) / (2 var) to the logits, D summed over a P x P window of 64-px pixels; rows of the batch that
-        share their inputs share these distances, computed once per candidate of any of them."""
+                      ) -> tuple[Tensor, Tensor, Tensor]:
+        """The per-pixel posterior over each block's candidates at 64 px: weights (B, blocks, k, b, b), the
+        candidates (B, blocks, k), rows of the shifted copies, and their pixels under each block in the first
+        observation's set (B, blocks, k, 3, b, b; cut from the windows gathered here). Each observation
+        (x, y_set, c, var) adds -D(x, c y_set) / (2 var) to the logits, D summed over a P x P window of 64-px
+        pixels; rows of the batch that share their inputs share these distances, computed once per candidate of any
+        of them."""
         N, b = len(self.set), self.options.block
         first, inverse = unique_rows(torch.cat([x.flatten(1) for x, *_ in observations], dim=1))
         cand = self.candidates(observations, prior, P, first, inverse).sort(dim=2).values  # (B, nb, k)
@@ -209,21 +211,23 @@ class _Local(SetDenoiser):
         valid = self.inside(P)  # (nb, L, L)
         row_of = position[..., None, None].expand(B, nb, k, b, b)
         logits = prior.gather(1, (cand % N).flatten(1)).view(B, nb, k)[..., None, None].to(self.dtype).expand(B, nb, k, b, b).clone()
-        for x, y_set, c, var in observations:
+        for i, (x, y_set, c, var) in enumerate(observations):
             x_padded = F.pad(x[first].to(self.dtype), (self.pad,) * 4, mode="replicate")
             x_patch = self.windows(x_padded, P).flatten(1, 2)  # (U, nb, 3, L, L)
             y_patch = self.windows(self.copies(y_set, self.dtype, pad=self.pad), P)[union, self.block_row, self.block_col]  # (U, nb, J, 3, L, L)
+            if i == 0:  # the block's own pixels sit at P // 2 in its window (before the in-place ops below)
+                blocks = y_patch[..., P // 2:P // 2 + b, P // 2:P // 2 + b][inverse[:, None, None], torch.arange(nb)[:, None], position]
             diff = torch.sub(x_patch[:, :, None], y_patch.mul_(c), out=y_patch).square_()  # in place: ~4x less time
             sq = (diff[:, :, :, 0] + diff[:, :, :, 1]).add_(diff[:, :, :, 2]).mul_(valid[None, :, None])  # (U, nb, J, L, L)
             logits -= (box_sum(sq, P, b) / (2 * var))[inverse].gather(2, row_of)
-        return logits.masked_fill(repeated[..., None, None], -math.inf).softmax(dim=2), cand
+        return logits.masked_fill(repeated[..., None, None], -math.inf).softmax(dim=2), cand, blocks
 
-    def block_patches(self, images: Tensor, cand: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-        """The pixels of each candidate (B, nb, k) under each block, at the size of `images` (N, 3, 64 s, 64 s), in
-        `dtype` (default: theirs): (B, nb, k, 3, b s, b s)."""
+    def block_patches(self, images: Tensor, cand: Tensor) -> Tensor:
+        """The pixels of each candidate (B, nb, k) under each block, at the size of `images` (N, 3, 64 s, 64 s):
+        (B, nb, k, 3, b s, b s)."""
         scale = images.shape[-1] // STAGE_1_SIZE
         bs = self.options.block * scale
-        blocks = self.copies(images, dtype, scale=scale).unfold(2, bs, bs).unfold(3, bs, bs).permute(0, 2, 3, 1, 4, 5)
+        blocks = self.copies(images, scale=scale).unfold(2, bs, bs).unfold(3, bs, bs).permute(0, 2, 3, 1, 4, 5)
         return blocks[cand, self.block_row, self.block_col]
 
     def assemble(self, blocks: Tensor) -> Tensor:
@@ -256,8 +260,8 @@ class LocalDenoiser(_Local):
         abar_t = self.alphas_cumprod[t].item()
         x = x_t.detach().cpu().double()
         P, scale = self.options.at(t)
-        weights, cand = self.local_weights([(x, self.y, math.sqrt(abar_t), 1 - abar_t)], self.prior(embeds, scale), P)
-        y_hat, post_var = self.mean_and_variance(weights, self.block_patches(self.y, cand, self.dtype), 1)
+        weights, _, patches = self.local_weights([(x, self.y, math.sqrt(abar_t), 1 - abar_t)], self.prior(embeds, scale), P)
+        y_hat, post_var = self.mean_and_variance(weights, patches, 1)
         return self.output(x, y_hat, learned_range_of(post_var, self.alphas_cumprod, t), t, like=x_t)
 
 
@@ -285,8 +289,8 @@ class LocalUpsampler(_Local):
         # a pooled distance sums 16 pixels' worth of squared mean difference: var / 16 per pooled pixel
         observations = [(F.avg_pool2d(x_t, 4), self.y, math.sqrt(abar_t), (1 - abar_t) / 16),
                         (F.avg_pool2d(z, 4), self.y_z, math.sqrt(abar_s), (1 - abar_s) / 16)]
-        weights, cand = self.local_weights(observations, self.prior(embeds, scale), P)
+        weights, cand, _ = self.local_weights(observations, self.prior(embeds, scale), P)
         patches = unit(self.block_patches(self.images_128, cand), self.dtype)
         mean_128, var_128 = self.mean_and_variance(weights, patches, STORED_SIZE // STAGE_1_SIZE)
-        up = lambda a: resize(self.set.up_2, a.double())
-        return self.output(x_t, up(mean_128), learned_range_of(up(var_128), self.alphas_cumprod, t), t, like=x_in)
+        return self.output(x_t, up_2(mean_128), learned_range_of(up_2(var_128), self.alphas_cumprod, t),
+                           t, like=x_in)
