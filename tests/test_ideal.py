@@ -213,10 +213,17 @@ def test_stage_two_pruning_equals_the_full_computation(cascade):
     assert dropped > 0  # the pruning did prune
 
 
-def test_stage_two_computes_its_prior_of_z_once_per_run(cascade):
-    """The prior given z (and the prompts and z's noise level) is remembered from the last call (LastCall): at a
-    later step, and after any of them changes, the output is that of a denoiser that computes everything afresh."""
-    d = cascade.stage_2.denoiser
+@pytest.mark.parametrize("denoiser", ["exact", "local"])
+def test_stage_two_computes_what_depends_on_z_once_per_run(cascade, denoiser):
+    """What depends on z alone (the exact prior given z and the prompts; the local ranking distances of z) is
+    remembered from the last call (LastCall): at a later step, and after z, the prompts, z's noise level or the
+    window changes, the output is that of a denoiser that computes everything afresh."""
+    if denoiser == "exact":
+        d = cascade.stage_2.denoiser
+        new = lambda: ExactUpsampler(d.set, d.prompts, d.description, cascade.stage_2.lowres_alphas_cumprod)
+    else:
+        new = lambda: local_on(cascade, window=(3, 23), candidates=2)[1]  # fewer than the set: the ranking decides
+        d = new()
     abar, abar_s = d.alphas_cumprod, cascade.stage_2.lowres_alphas_cumprod
     Y, Y_64 = set_images(cascade, 256), set_images(cascade, 64)
     Y_low = F.interpolate(Y_64, size=(256, 256), mode="bilinear", align_corners=True)
@@ -226,10 +233,11 @@ def test_stage_two_computes_its_prior_of_z_once_per_run(cascade):
     x_t = abar[990].sqrt() * Y[[0, 4]] + (1 - abar[990]).sqrt() * noise()
     e1, e2 = cascade.embed(["blue circle", ""]), cascade.embed(["yellow", ""])
     z1, z2 = z_of(999), z_of(999)
-    calls = [(z1, e1, 990, 999), (z1, e1, 980, 999), (z2, e1, 980, 999), (z2, e2, 980, 999), (z2, e2, 980, 990)]
+    calls = [(z1, e1, 990, 999), (z1, e1, 980, 999), (z2, e1, 980, 999), (z2, e2, 980, 999), (z2, e2, 980, 990),
+             (z2, e2, 500, 990)]  # (the local window shrinks at t = 500)
     outputs = []
     for z, embeds, t, noise_level in calls:
-        fresh = ExactUpsampler(d.set, d.prompts, d.description, abar_s)
+        fresh = new()
         x = torch.cat([x_t, z], dim=1)
         outputs.append(d(x, t, embeds, noise_level=noise_level))
         assert torch.equal(outputs[-1], fresh(x, t, embeds, noise_level=noise_level))

@@ -88,7 +88,7 @@ def up_2(y: Tensor) -> Tensor:
 class LastCall:
     """compute(*args) remembered for its last arguments, one entry per thread (jobs of one build share a denoiser):
     a stage-II run passes the same z and prompt embeddings at every step, so what depends on them alone is computed
-    once per run. Arguments compare by value (tensors: torch.equal)."""
+    once per run. Arguments compare by value (tensors: the same object, else torch.equal)."""
 
     def __init__(self, compute: Callable[..., Tensor]):
         self.compute = compute
@@ -103,7 +103,7 @@ class LastCall:
 
 def _same(a, b) -> bool:
     if isinstance(a, Tensor):
-        return isinstance(b, Tensor) and a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+        return a is b or isinstance(b, Tensor) and a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
     return a == b
 
 

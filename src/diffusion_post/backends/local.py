@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .image_set import STAGE_1_SIZE, STAGE_2_SIZE, STORED_SIZE, ImageSet, PromptCache, SetDenoiser, unit, up_2
+from .image_set import STAGE_1_SIZE, STAGE_2_SIZE, STORED_SIZE, ImageSet, LastCall, PromptCache, SetDenoiser, unit, up_2
 from .local_options import POOL, LocalOptions
 
 
@@ -114,6 +114,9 @@ class _Local(SetDenoiser):
         self._copies: dict[tuple, Tensor] = {}
         self._inside: dict[int, Tensor] = {}
         self.pad = max(options.window[1], options.top_window) // 2  # edge pixels repeated for the largest window
+        # one per observation: stage II's second, z, is the same at every step of a run, so its ranking distances
+        # to the whole set are computed once per run (and once per window size)
+        self.pooled_windows = (LastCall(self.pooled_window), LastCall(self.pooled_window))
         per_row = STAGE_1_SIZE // options.block
         block = torch.arange(per_row**2)[:, None]  # blocks in raster order: their row and column, (nb, 1) each
         self.block_row, self.block_col = block // per_row, block % per_row
@@ -175,15 +178,11 @@ class _Local(SetDenoiser):
         The pooled logit sums, over the observations (x (B, 3, 64, 64), y_set (N, 3, 64, 64), c, var), a lower bound
         of D: 16 |pool_4(x - c y)|^2 over the 4 x 4 cells of a window of about P x P pixels centred on the block,
         computed once per distinct input (first, inverse: unique_rows)."""
-        o, cells = self.options, STAGE_1_SIZE // POOL
-        per_block, r = o.block // POOL, (P // 2 + POOL // 2) // POOL
-        size = per_block + 2 * r
+        o = self.options
+        r = (P // 2 + POOL // 2) // POOL
         score = prior.float().repeat(1, len(self.offsets))[:, :, None]  # (B, M, 1)
-        for x, y_set, c, var in observations:
-            xp, yp = F.avg_pool2d(x[first], POOL).float().flatten(2), self.copies(y_set, torch.float32, POOL).flatten(2)  # (U, 3, 256), (M, 3, 256)
-            diff = torch.sub(xp[:, None], (c * yp)[None]).square_()  # (U, M, 3, 256)
-            d = (diff[:, :, 0] + diff[:, :, 1]).add_(diff[:, :, 2]).view(xp.shape[0], -1, cells, cells)  # (U, M, 16, 16)
-            window = F.avg_pool2d(d, size, stride=per_block, padding=r, count_include_pad=True) * size**2
+        for i, (x, y_set, c, var) in enumerate(observations):
+            window = self.pooled_windows[i](x[first], y_set, c, r)  # (U, M, blocks down, blocks across)
             score = score - POOL**2 * window[inverse][..., :STAGE_1_SIZE // o.block, :STAGE_1_SIZE // o.block].flatten(2) / (2 * var)
         k = min(o.candidates, score.shape[1])
         best = score.topk(k, dim=1).indices.transpose(1, 2)  # (B, blocks, k), best first
@@ -193,6 +192,16 @@ class _Local(SetDenoiser):
         neighbour = lambda d: (index + d).clamp(0, per_row - 1)  # an edge block's missing neighbour is itself
         shared = [grid[:, neighbour(dy)][:, :, neighbour(dx)].flatten(1, 2) for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1))]
         return torch.cat([best, *shared], dim=2)  # (B, blocks, k + 4 share)
+
+    def pooled_window(self, x: Tensor, y_set: Tensor, c: float, r: int) -> Tensor:
+        """|pool_4(x - c y)|^2 summed over the cells of each block's window (the block's cells and r around it), for
+        each distinct input x (U, 3, 64, 64) and ranking row y of y_set: (U, M, blocks down, blocks across)."""
+        cells, per_block = STAGE_1_SIZE // POOL, self.options.block // POOL
+        size = per_block + 2 * r
+        xp, yp = F.avg_pool2d(x, POOL).float().flatten(2), self.copies(y_set, torch.float32, POOL).flatten(2)  # (U, 3, 256), (M, 3, 256)
+        diff = torch.sub(xp[:, None], (c * yp)[None]).square_()  # (U, M, 3, 256)
+        d = (diff[:, :, 0] + diff[:, :, 1]).add_(diff[:, :, 2]).view(xp.shape[0], -1, cells, cells)  # (U, M, 16, 16)
+        return F.avg_pool2d(d, size, stride=per_block, padding=r, count_include_pad=True) * size**2
 
     def local_weights(self, observations: list[tuple[Tensor, Tensor, float, float]], prior: Tensor, P: int
                       ) -> tuple[Tensor, Tensor, Tensor]:
