@@ -177,7 +177,8 @@ class _Local(SetDenoiser):
         each of its 4 neighbours (an index may repeat): (B, blocks, candidates + 4 share) indices.
         The pooled logit sums, over the observations (x (B, 3, 64, 64), y_set (N, 3, 64, 64), c, var), a lower bound
         of D: 16 |pool_4(x - c y)|^2 over the 4 x 4 cells of a window of about P x P pixels centred on the block,
-        computed once per distinct input (first, inverse: unique_rows)."""
+        computed once per distinct input (first, inverse: unique_rows) and, for an observation the same as at the
+        last call (stage II's z), not again (pooled_windows)."""
         o = self.options
         r = (P // 2 + POOL // 2) // POOL
         score = prior.float().repeat(1, len(self.offsets))[:, :, None]  # (B, M, 1)
