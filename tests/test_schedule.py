@@ -110,3 +110,10 @@ def test_quantile_is_torchs(n, q):
     """The same float32 numbers as torch.quantile (a rank or weight computed in float64 differs at q = 0.95)."""
     x = torch.randn((3, n), generator=torch.Generator().manual_seed(n)).abs()
     assert torch.equal(schedule.quantile(x, q), torch.quantile(x, q, dim=1))
+
+
+def test_quantile_of_a_row_that_is_not_finite_is_nan_as_torchs():
+    x = torch.tensor([[1.0, 2.0, float("nan"), 4.0], [1.0, 2.0, 3.0, 4.0], [float("inf"), 1.0, 2.0, 3.0]])
+    ours, theirs = schedule.quantile(x, 0.95), torch.quantile(x, 0.95, dim=1)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0, equal_nan=True)
+    assert ours.isnan().tolist() == [True, False, True]

@@ -19,8 +19,16 @@ SPECS = {name: post_config.resolve(config, name) for name in FIGURES}
 # the chain of two jobs starts early), 1 for a stage II or a figure of several runs or images (1-4 s each), 0 for
 # the rest (one run: inpainting, iterative denoising; under 0.5 s).
 SOURCES = {spec["source"] for spec in SPECS.values() if "source" in spec}
-SAMPLING_PRIORITY = {name: 2 if name in SOURCES else int(spec["technique"] == "upsample" or (
-    spec["technique"] not in PROMPTLESS and post_config.sampled_images(spec) is not None)) for name, spec in SPECS.items()}
+
+
+def sampling_priority(name, spec):
+    if name in SOURCES:
+        return 2
+    several_runs = spec["technique"] not in PROMPTLESS and post_config.sampled_images(spec) is not None
+    return int(spec["technique"] == "upsample" or several_runs)
+
+
+SAMPLING_PRIORITY = {name: sampling_priority(name, spec) for name, spec in SPECS.items()}
 FRAMES = post_config.figure_frames(config)  # interactive figure -> its frame files
 PACKAGE = Path("src/diffusion_post")  # relative, so a moved or copied project keeps its build state
 PACKAGE_MODULES = sorted(PACKAGE.rglob("*.py"))
