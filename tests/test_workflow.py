@@ -70,6 +70,22 @@ def test_parsing_the_workflow_imports_no_torch(build, tmp_path):
     assert run.returncode == 0 and "torch imported" not in run.stdout + run.stderr, run.stderr[-2000:]
 
 
+def test_a_run_exits_without_the_last_garbage_collection(build, tmp_path):
+    """The Snakefile freezes the collector at exit (project.freeze_at_exit): Python's last collection would walk
+    every object torch and Snakemake made (~0.5 s of a one-prompt rebuild). A reference cycle that lives until exit,
+    made by a sitecustomize module, is then never collected: its finalizer does not run."""
+    site = tmp_path / "site-packages"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os\n\nclass Cycle:\n    def __init__(self):\n        self.me = self\n\n"
+        "    def __del__(self, write=os.write):\n        write(1, b'collected at exit\\n')\n\nkept = Cycle()\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(build / "src")])}
+    check = subprocess.run([sys.executable, "-c", "pass"], env=env, capture_output=True, text=True)
+    assert check.stdout == "collected at exit\n"  # (without the freeze)
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-n"], cwd=build, env=env, capture_output=True, text=True)
+    assert run.returncode == 0 and "collected at exit" not in run.stdout, run.stderr[-2000:]
+
+
 def test_a_build_loads_the_models_once(build):
     """Every job runs in the Snakemake process (profiles/default: force-use-threads), sharing each loaded backend:
     one load per distinct backend the figures use (the ideal backend's exact and local denoisers are two)."""

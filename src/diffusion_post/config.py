@@ -65,8 +65,9 @@ def load(path: Path | str) -> dict:
 
 
 @functools.cache
-def _schema(schema_path: Path = SCHEMA) -> dict:
-    return yaml.safe_load(schema_path.read_text())
+def _schema(schema_path: Path) -> dict:
+    """The schema, read once (libyaml's parser where PyYAML has it: ~7x faster, and the file is ours)."""
+    return yaml.load(schema_path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 # The schema's `number` is a finite one: YAML's .nan, .inf and -.inf would pass every bound of JSON Schema.
@@ -86,7 +87,7 @@ def check_schema(config: Any, schema_path: Path = SCHEMA) -> None:
 def limits(config: dict) -> dict[str, int]:
     """config.yaml's `limits`, over their defaults in the schema: what a figure may ask for before it is refused as
     a probable typo (e.g. count: 100000)."""
-    defaults = {key: value["default"] for key, value in _schema()["properties"]["limits"]["properties"].items()}
+    defaults = {key: value["default"] for key, value in _schema(SCHEMA)["properties"]["limits"]["properties"].items()}
     return defaults | config.get("limits", {})
 
 

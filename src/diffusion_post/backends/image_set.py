@@ -79,9 +79,10 @@ def resize(R: Tensor, y: Tensor) -> Tensor:
 
 
 def up_2(y: Tensor) -> Tensor:
-    """resize(ImageSet.up_2, y) (bilinear 128 -> 256 px) in float64, ~2x faster by the interpolation kernel. For float32
-    values the numbers are the same bits: the weights are 1/4, 3/4 and 1, so each product is exact in float64 and so
-    is each sum (of two, and of two such sums in the second pass), in any order."""
+    """resize(ImageSet.up_2, y) (bilinear 128 -> 256 px) in float64, ~2x faster by the interpolation kernel: the same
+    numbers to float64 rounding (the weights are 1/4, 3/4 and 1, and for float32 values most sums are exact, so most
+    values are the same bits; where neighbouring values differ by many orders of magnitude, as variances can, the
+    two orders of summation may round apart in the last bits)."""
     return F.interpolate(y.double(), scale_factor=2, mode="bilinear", align_corners=False)
 
 

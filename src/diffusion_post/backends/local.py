@@ -199,10 +199,19 @@ class _Local(SetDenoiser):
         each distinct input x (U, 3, 64, 64) and ranking row y of y_set: (U, M, blocks down, blocks across)."""
         cells, per_block = STAGE_1_SIZE // POOL, self.options.block // POOL
         size = per_block + 2 * r
-        xp, yp = F.avg_pool2d(x, POOL).float().flatten(2), self.copies(y_set, torch.float32, POOL).flatten(2)  # (U, 3, 256), (M, 3, 256)
-        diff = torch.sub(xp[:, None], (c * yp)[None]).square_()  # (U, M, 3, 256)
-        d = (diff[:, :, 0] + diff[:, :, 1]).add_(diff[:, :, 2]).view(xp.shape[0], -1, cells, cells)  # (U, M, 16, 16)
-        return F.avg_pool2d(d, size, stride=per_block, padding=r, count_include_pad=True) * size**2
+        xp = F.avg_pool2d(x, POOL).float().flatten(2)[..., None]  # (U, 3, 256, 1)
+        diff = torch.sub(xp, c * self.ranking_set(y_set)).square_()  # (U, 3, 256, M)
+        d = (diff[:, 0] + diff[:, 1]).add_(diff[:, 2]).view(xp.shape[0], cells, cells, -1)  # (U, 16, 16, M)
+        # the set's rows as channels, stored last: avg_pool2d's channels-last kernel runs along them (~4x faster)
+        return F.avg_pool2d(d.permute(0, 3, 1, 2), size, stride=per_block, padding=r, count_include_pad=True) * size**2
+
+    def ranking_set(self, y_set: Tensor) -> Tensor:
+        """The shifted copies of y_set (N, 3, 64, 64), 4 x 4 area-pooled, in float32, as (3, 16 x 16 cells, M): each
+        cell's values of the M rows side by side, made once."""
+        key = (id(y_set), "ranking")
+        if key not in self._copies:
+            self._copies[key] = self.copies(y_set, torch.float32, POOL).flatten(2).permute(1, 2, 0).contiguous()
+        return self._copies[key]
 
     def local_weights(self, observations: list[tuple[Tensor, Tensor, float, float]], prior: Tensor, P: int
                       ) -> tuple[Tensor, Tensor, Tensor]:
