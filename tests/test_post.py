@@ -283,6 +283,22 @@ def test_metrics_table(ctx, text):
     assert next(r for r in rows if r.startswith(f"| {first} |")).count("**") == 2 * 2 * len(metrics["timesteps"])
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_psnr_is_skimages_to_the_bit(dtype):
+    """layout.psnr, written out to spare the build scikit-image's import of scipy.stats, gives the numbers of
+    skimage.metrics.peak_signal_noise_ratio exactly (a mean in the images' dtype, or over |difference|, would not)."""
+    import numpy as np
+    from skimage.metrics import peak_signal_noise_ratio
+
+    from diffusion_post.layout import psnr
+
+    rng = np.random.default_rng(0)
+    reference = rng.uniform(-1, 1, (64, 64, 3)).astype(dtype)
+    for noise in (1e-4, 0.05, 1.0):
+        estimate = np.clip(reference + noise * rng.standard_normal(reference.shape), -1, 1).astype(dtype)
+        assert psnr(reference, estimate, data_range=2) == peak_signal_noise_ratio(reference, estimate, data_range=2)
+
+
 def test_no_metrics_no_table(ctx):
     text = render({**ctx, "metrics": None})
     assert not [line for line in text.splitlines() if line.startswith("|")]

@@ -97,6 +97,7 @@ rule denoising_metrics:
         published=published("figures/denoising_metrics.png"),
     params:
         methods=config["post"].get("metrics", {}).get("methods", {}),
+    priority: 1  # mid-build (common.smk: SAMPLING_PRIORITY)
     run:
         from diffusion_post import layout, site
 
