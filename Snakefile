@@ -20,7 +20,7 @@ interrupt.install()
 # A run killed with SIGKILL leaves its locks: without another Snakemake working here, they are stale.
 remove_stale_locks()
 
-# Exit without the last garbage collection (~0.5 s a run): the process ends, nothing needs collecting.
+# Exit without the last garbage collection (~0.45 s a run): the process ends, nothing needs collecting.
 freeze_at_exit()
 
 

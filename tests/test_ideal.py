@@ -253,9 +253,9 @@ def test_up_2_is_the_resize_matrix_to_rounding(cascade):
     g = torch.Generator().manual_seed(2)
     y = 3 * torch.randn((2, 3, 128, 128), generator=g)
     spread = y * torch.exp2(torch.randint(-60, 1, y.shape, generator=g).float())
-    for y in (y, spread, y.double() / 3):
-        expected = resize(R, y.double())
-        assert ((up_2(y) - expected).abs() <= 1e-15 * resize(R, y.double().abs())).all()
+    for values in (y, spread, y.double() / 3):
+        expected = resize(R, values.double())
+        assert ((up_2(values) - expected).abs() <= 1e-15 * resize(R, values.double().abs())).all()
 
 
 def test_upsampling_a_stage_one_sample_gives_its_256px_image(cascade):
@@ -425,6 +425,23 @@ def test_local_denoiser_is_its_per_pixel_definition(cascade, P, shift):
         log_w = local.set.log_weights(embeds, 0.05).repeat(1, copies)  # each copy of an image has its prior
         expected = brute_force_local_eps(x_t, t, log_w, shifted_copies(Y, shift), local.alphas_cumprod, P)
         torch.testing.assert_close(local(x_t, t, embeds)[:, :3], expected, rtol=1e-7, atol=1e-7)
+
+
+@pytest.mark.parametrize("block, shift", [(8, 0), (16, 4)])
+def test_the_ranking_distances_are_the_plain_formulas_bits(cascade, block, shift):
+    """pooled_window lays the set's rows out last for avg_pool2d's channels-last kernel; its numbers are those of the
+    plain formula, bit for bit: per 4 x 4 cell |pool_4(x - c y)|^2 (channels added in order), summed over each block's
+    window of cells, for two inputs and every shifted copy (M = 9 N with shift 4)."""
+    local, _ = local_on(cascade, block=block, shift=shift)
+    x = torch.randn((2, 3, 64, 64), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    xp, yp = F.avg_pool2d(x, 4).float(), local.copies(local.y, torch.float32, 4)  # (2, 3, 16, 16), (M, 3, 16, 16)
+    assert len(yp) == len(local.y) * (9 if shift else 1)
+    diff = (xp[:, None] - 0.7 * yp[None]).square()  # (2, M, 3, 16, 16)
+    per_cell = diff[:, :, 0] + diff[:, :, 1] + diff[:, :, 2]
+    for r in (0, 1, 3):
+        size = block // 4 + 2 * r
+        expected = F.avg_pool2d(per_cell, size, stride=block // 4, padding=r, count_include_pad=True) * size**2
+        assert torch.equal(local.pooled_window(x, local.y, 0.7, r), expected), r
 
 
 @pytest.mark.parametrize("edge", [8, 55], ids=["stripes-before", "stripes-after"])

@@ -2,6 +2,7 @@
 post.render end to end (tiny PNGs carrying the model description). No model runs; nothing is downloaded."""
 
 import html
+import math
 import re
 from pathlib import Path
 
@@ -286,7 +287,7 @@ def test_metrics_table(ctx, text):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_psnr_is_skimages_to_the_bit(dtype):
     """layout.psnr, written out to spare the build scikit-image's import of scipy.stats, gives the numbers of
-    skimage.metrics.peak_signal_noise_ratio exactly (a mean in the images' dtype, or over |difference|, would not)."""
+    skimage.metrics.peak_signal_noise_ratio exactly (a mean taken in float32 would not)."""
     import numpy as np
     from skimage.metrics import peak_signal_noise_ratio
 
@@ -297,6 +298,30 @@ def test_psnr_is_skimages_to_the_bit(dtype):
     for noise in (1e-4, 0.05, 1.0):
         estimate = np.clip(reference + noise * rng.standard_normal(reference.shape), -1, 1).astype(dtype)
         assert psnr(reference, estimate, data_range=2) == peak_signal_noise_ratio(reference, estimate, data_range=2)
+
+
+def test_the_metrics_job_does_not_import_scipy_stats(tmp_path):
+    """The metrics job runs in the build's process, beside a sampling job that waits while an import holds the GIL:
+    it imports what SSIM and the plot need, not scipy.stats (0.4 s, through skimage's peak_signal_noise_ratio)."""
+    import subprocess
+    import sys
+
+    import torch
+
+    script = """if True:
+        import sys, torch
+        from diffusion_post import layout
+        from diffusion_post.images import save_result
+        x = torch.linspace(-1, 1, 3 * 32 * 32).view(1, 3, 32, 32)
+        save_result({"original": x, "timesteps": torch.tensor([250])}, "forward.safetensors", {"figure": "forward"})
+        save_result({"images": 0.9 * x}, "blur.safetensors", {"figure": "blur"})
+        table = layout.metrics("forward.safetensors", {"blur": "blur.safetensors"}, "metrics.json", "metrics.png")
+        print(round(table["methods"]["blur"]["psnr"][0], 3), "scipy.stats" in sys.modules)
+    """
+    run = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    mse = 0.01 * (torch.linspace(-1, 1, 3 * 32 * 32) ** 2).mean().item()  # (x - 0.9 x)^2
+    assert run.stdout.split() == [f"{10 * math.log10(4 / mse):.3f}", "False"]
 
 
 def test_no_metrics_no_table(ctx):

@@ -72,7 +72,7 @@ def test_parsing_the_workflow_imports_no_torch(build, tmp_path):
 
 def test_a_run_exits_without_the_last_garbage_collection(build, tmp_path):
     """The Snakefile freezes the collector at exit (project.freeze_at_exit): Python's last collection would walk
-    every object torch and Snakemake made (~0.5 s of a one-prompt rebuild). A reference cycle that lives until exit,
+    every object torch and Snakemake made (~0.45 s of a one-prompt rebuild). A reference cycle that lives until exit,
     made by a sitecustomize module, is then never collected: its finalizer does not run."""
     site = tmp_path / "site-packages"
     site.mkdir()

@@ -84,9 +84,9 @@ def animation(result: Path | str, output: Path | str, views: list[str], frames: 
 
 
 def psnr(reference: np.ndarray, estimate: np.ndarray, data_range: float) -> float:
-    """Peak signal-to-noise ratio in dB, 10 log10(range^2 / MSE): skimage's peak_signal_noise_ratio to the bit
-    (the squares in the images' dtype, their mean in float64), without the 0.4 s of scipy.stats it imports, which a
-    sampling job running beside this one would wait for (the GIL)."""
+    """Peak signal-to-noise ratio in dB of float images, 10 log10(range^2 / MSE): skimage's peak_signal_noise_ratio to
+    the bit (the squares in the images' dtype, their mean in float64), without the 0.4 s of scipy.stats it imports,
+    which a sampling job running beside this one would wait for (the GIL)."""
     return float(10 * np.log10(data_range**2 / np.mean(np.square(reference - estimate), dtype=np.float64)))
 
 
@@ -99,7 +99,7 @@ def metrics(original: Path | str, methods: dict[str, Path | str], output_json: P
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+    from skimage.metrics import structural_similarity
 
     forward, parameters = load_result(original)
     x0 = forward["original"][0].permute(1, 2, 0).numpy()

@@ -17,19 +17,20 @@ SPECS = {name: post_config.resolve(config, name) for name in FIGURES}
 # Sampling jobs, longest first, so that short ones fill the cores at the end (1 core was idle ~4 s at a build's end,
 # and the last job, 5 guided samples, ran alone): 2 for a figure another samples from (a stage II from its stage I:
 # the chain of two jobs starts early), 1 for a stage II or a figure of several runs or images (1-4 s each), 0 for
-# the rest (one run: inpainting, iterative denoising; under 0.5 s). The figures denoising_metrics compares get 1 as
-# well, and so does that job: it imports matplotlib and scikit-image (~1 s holding the GIL, which stalls the sampling
-# job beside it: 0.4 -> 1.7 s), better in the middle of the build, where the other core takes up the slack, than
+# the rest (one run: inpainting, iterative denoising; under 0.5 s). The figures denoising_metrics reads get 1 at
+# least, and so does that job: its imports (matplotlib, scikit-image: ~0.5 s) hold the GIL and stall the sampling
+# job beside it (0.4 -> 1.7 s), better in the middle of the build, where the other core takes up the slack, than
 # beside the last job.
 SOURCES = {spec["source"] for spec in SPECS.values() if "source" in spec}
-METRICS_INPUTS = set(config["post"].get("metrics", {}).get("methods", {}).values())
+METRICS = config["post"].get("metrics") or {}
+METRICS_FIGURES = {METRICS.get("source"), *METRICS.get("methods", {}).values()} - {None}
 
 
 def sampling_priority(name, spec):
     if name in SOURCES:
         return 2
     several_runs = spec["technique"] not in PROMPTLESS and post_config.sampled_images(spec) is not None
-    return int(spec["technique"] == "upsample" or several_runs or name in METRICS_INPUTS)
+    return int(spec["technique"] == "upsample" or several_runs or name in METRICS_FIGURES)
 
 
 SAMPLING_PRIORITY = {name: sampling_priority(name, spec) for name, spec in SPECS.items()}
