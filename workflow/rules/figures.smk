@@ -96,7 +96,7 @@ rule denoising_metrics:
                     caption="../report/metrics.rst"),
         published=published("figures/denoising_metrics.png"),
     params:
-        methods=config["post"].get("metrics", {}).get("methods", {}),
+        methods=METRICS.get("methods", {}),
     priority: 1  # mid-build (common.smk: SAMPLING_PRIORITY)
     run:
         from diffusion_post import layout, site
