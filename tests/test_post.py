@@ -324,6 +324,38 @@ def test_the_metrics_job_does_not_import_scipy_stats(tmp_path):
     assert run.stdout.split() == [f"{10 * math.log10(4 / mse):.3f}", "False"]
 
 
+def test_compiled_templates_are_reused_across_processes_and_remade_when_edited(ctx, text, tmp_path, monkeypatch):
+    """The bytecode cache gives the text a fresh compile gives; a second environment (a new process's) compiles
+    nothing; an edited template is compiled again, not served stale from the cache."""
+    import shutil
+
+    import jinja2
+
+    templates = tmp_path / "templates"
+    shutil.copytree(TEMPLATES, templates)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setattr(post, "compiled_templates_cache", lambda: jinja2.FileSystemBytecodeCache(str(cache)))
+
+    def render_from(folder):
+        return post.environment(folder).get_template("post.md.j2").render(**ctx)
+
+    assert render_from(templates) == text
+    assert len(list(cache.iterdir())) > 1  # the post's template and those it includes
+
+    compile_source = jinja2.Environment.compile
+    compiled = []
+    monkeypatch.setattr(jinja2.Environment, "compile",
+                        lambda self, source, name=None, *args, **kwargs: compiled.append(name) or
+                        compile_source(self, source, name, *args, **kwargs))
+    assert render_from(templates) == text and compiled == []
+
+    post_template = templates / "post.md.j2"
+    post_template.write_text(post_template.read_text().replace("layout: post", "layout: post\nedited: yes", 1))
+    edited = render_from(templates)
+    assert compiled == ["post.md.j2"] and "\nedited: yes\n" in edited and edited.replace("edited: yes\n", "", 1) == text
+
+
 def test_no_metrics_no_table(ctx):
     text = render({**ctx, "metrics": None})
     assert not [line for line in text.splitlines() if line.startswith("|")]
