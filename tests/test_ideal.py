@@ -258,6 +258,22 @@ def test_up_2_is_the_resize_matrix_to_rounding(cascade):
         assert ((up_2(values) - expected).abs() <= 1e-15 * resize(R, values.double().abs())).all()
 
 
+@pytest.mark.parametrize("y_dtype", [torch.float64, torch.float32])
+def test_the_denoiser_output_is_the_joined_noise_estimate_to_the_bit(cascade, y_dtype):
+    """SetDenoiser.output writes eps_hat = (x_t - sqrt(abar_t) y_hat) / sqrt(1 - abar_t) and v into one tensor:
+    the bits of join_output(eps_hat, v).to(float32), also for a float32 y_hat (the local stage I's), whose
+    product is rounded to float32 before the float64 subtraction; a float32 subtraction or division fails."""
+    denoiser = cascade.stage_1
+    g = torch.Generator().manual_seed(3)
+    x_t = torch.randn((2, 3, 64, 64), generator=g, dtype=torch.float64)
+    y_hat, v = (torch.randn((2, 3, 64, 64), generator=g).to(y_dtype) for _ in range(2))
+    like = torch.zeros((2, 3, 64, 64))
+    abar = denoiser.alphas_cumprod[500].item()
+    eps_hat = (x_t - math.sqrt(abar) * y_hat) / math.sqrt(1 - abar)
+    out = denoiser.output(x_t, y_hat, v, 500, like=like)
+    assert out.dtype == torch.float32 and torch.equal(out, torch.cat([eps_hat, v.double()], dim=1).float())
+
+
 def test_upsampling_a_stage_one_sample_gives_its_256px_image(cascade):
     stage_2 = cascade.stage_2
     x_low = set_images(cascade, 64)[[index("blue stripes")]].float()
