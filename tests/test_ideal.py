@@ -17,6 +17,7 @@ from diffusion_post import guidance, schedule, techniques
 from diffusion_post.backends.exact import ExactUpsampler
 from diffusion_post.backends.ideal import load_ideal
 from diffusion_post.backends.image_set import content, cosine_alphas_cumprod, resize, up_2
+from diffusion_post.denoiser import join_output
 from diffusion_post.data import emoji_set
 from diffusion_post.data.inputs import DEFAULT_INPUTS, write_default_input
 
@@ -259,19 +260,27 @@ def test_up_2_is_the_resize_matrix_to_rounding(cascade):
 
 
 @pytest.mark.parametrize("y_dtype", [torch.float64, torch.float32])
-def test_the_denoiser_output_is_the_joined_noise_estimate_to_the_bit(cascade, y_dtype):
+@pytest.mark.parametrize("like_dtype", [torch.float32, torch.float64])
+def test_the_denoiser_output_is_the_joined_noise_estimate_to_the_bit(cascade, y_dtype, like_dtype):
     """SetDenoiser.output writes eps_hat = (x_t - sqrt(abar_t) y_hat) / sqrt(1 - abar_t) and v into one tensor:
-    the bits of join_output(eps_hat, v).to(float32), also for a float32 y_hat (the local stage I's), whose
+    the bits of join_output(eps_hat, v) in the caller's dtype, also for a float32 y_hat (the local stage I's), whose
     product is rounded to float32 before the float64 subtraction; a float32 subtraction or division fails."""
     denoiser = cascade.stage_1
     g = torch.Generator().manual_seed(3)
     x_t = torch.randn((2, 3, 64, 64), generator=g, dtype=torch.float64)
     y_hat, v = (torch.randn((2, 3, 64, 64), generator=g).to(y_dtype) for _ in range(2))
-    like = torch.zeros((2, 3, 64, 64))
     abar = denoiser.alphas_cumprod[500].item()
     eps_hat = (x_t - math.sqrt(abar) * y_hat) / math.sqrt(1 - abar)
-    out = denoiser.output(x_t, y_hat, v, 500, like=like)
-    assert out.dtype == torch.float32 and torch.equal(out, torch.cat([eps_hat, v.double()], dim=1).float())
+    out = denoiser.output(x_t, y_hat, v, 500, like=torch.zeros((2, 3, 64, 64), dtype=like_dtype))
+    assert out.dtype == like_dtype and torch.equal(out, join_output(eps_hat, v.double()).to(like_dtype))
+
+
+def test_stage_two_inputs_are_the_two_halves_in_float64(cascade):
+    stage_2 = cascade.stage_2.denoiser
+    x_in = torch.randn((2, 6, 256, 256), generator=torch.Generator().manual_seed(4))
+    x_t, z, abar_t, abar_s = stage_2._stage_two_inputs(x_in, 700, 250)
+    assert torch.equal(x_t, x_in[:, :3].double()) and torch.equal(z, x_in[:, 3:].double())
+    assert (abar_t, abar_s) == (stage_2.alphas_cumprod[700].item(), stage_2.lowres_alphas_cumprod[250].item())
 
 
 def test_upsampling_a_stage_one_sample_gives_its_256px_image(cascade):

@@ -324,36 +324,59 @@ def test_the_metrics_job_does_not_import_scipy_stats(tmp_path):
     assert run.stdout.split() == [f"{10 * math.log10(4 / mse):.3f}", "False"]
 
 
-def test_compiled_templates_are_reused_across_processes_and_remade_when_edited(ctx, text, tmp_path, monkeypatch):
-    """The bytecode cache gives the text a fresh compile gives; a second environment (a new process's) compiles
-    nothing; an edited template is compiled again, not served stale from the cache."""
+def test_compiled_templates_are_reused_across_processes_and_remade_when_edited(ctx, tmp_path, monkeypatch):
+    """The post's compiled templates are kept in Jinja's per-user temporary folder: a second environment (a new
+    process's) compiles nothing and renders the text a compile gives; an edited template, another version of Jinja
+    or of post.py (the environment's options, which Jinja does not check) compile again, and the old files go; a
+    cache file that cannot be written only means compiling again."""
     import shutil
+    import tempfile
 
     import jinja2
 
     templates = tmp_path / "templates"
     shutil.copytree(TEMPLATES, templates)
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    monkeypatch.setattr(post, "compiled_templates_cache", lambda: jinja2.FileSystemBytecodeCache(str(cache)))
-
-    def render_from(folder):
-        return post.environment(folder).get_template("post.md.j2").render(**ctx)
-
-    assert render_from(templates) == text
-    assert len(list(cache.iterdir())) > 1  # the post's template and those it includes
-
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
     compile_source = jinja2.Environment.compile
     compiled = []
     monkeypatch.setattr(jinja2.Environment, "compile",
                         lambda self, source, name=None, *args, **kwargs: compiled.append(name) or
                         compile_source(self, source, name, *args, **kwargs))
+
+    def render_from(folder, cached=True):
+        env = post.environment(folder)
+        if not cached:
+            env.bytecode_cache = None
+        return env.get_template("post.md.j2").render(**ctx)
+
+    text = render_from(templates, cached=False)
+    del compiled[:]
+    assert render_from(templates) == text and "post.md.j2" in compiled
+    cache = post.compiled_templates_cache()
+    files = sorted(Path(cache.directory).glob("diffusion-post-*.cache"))
+    assert isinstance(cache, jinja2.FileSystemBytecodeCache) and len(files) == len(set(compiled)) > 1
+
+    del compiled[:]
     assert render_from(templates) == text and compiled == []
 
     post_template = templates / "post.md.j2"
     post_template.write_text(post_template.read_text().replace("layout: post", "layout: post\nedited: yes", 1))
     edited = render_from(templates)
-    assert compiled == ["post.md.j2"] and "\nedited: yes\n" in edited and edited.replace("edited: yes\n", "", 1) == text
+    assert compiled == ["post.md.j2"] and edited.replace("edited: yes\n", "", 1) == text
+
+    del compiled[:]
+    monkeypatch.setattr(jinja2, "__version__", "0.0-another")
+    assert render_from(templates) == edited and len(compiled) == len(files)
+    assert not any(file.exists() for file in files)  # the other key's files are removed
+
+    del compiled[:]
+    def full_disk(self, bucket):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(jinja2.FileSystemBytecodeCache, "dump_bytecode", full_disk)
+    monkeypatch.setattr(jinja2, "__version__", "0.0-a-third")
+    assert render_from(templates) == edited and len(compiled) == len(files)
 
 
 def test_no_metrics_no_table(ctx):

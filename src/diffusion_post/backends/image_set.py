@@ -24,7 +24,6 @@ from torch import Tensor
 
 from ..data.emoji_set import SIZE as EMOJI_SIZE, VERSION as EMOJI_VERSION, load_emoji_set, load_folder
 from ..data.photos import VERSION as PHOTOS_VERSION, photo_set
-from ..denoiser import split_output
 from ..files import atomic_path, sha256
 from ..spec import STAGE_1_SIZE
 from .prompt_cache import Encoder, PromptCache
@@ -257,7 +256,7 @@ class SetDenoiser:
         if noise_level is None:
             raise ValueError("the stage-II ideal denoiser needs the noise_level at which its 64-px input was noised")
         self._check(x_in, 6)
-        x_t, z = (half.double() for half in x_in.detach().cpu().chunk(2, dim=1))  # each half contiguous
+        x_t, z = (half.double() for half in x_in.detach().cpu().chunk(2, dim=1))  # float32 halves: contiguous copies
         return x_t, z, self.alphas_cumprod[t].item(), self.lowres_alphas_cumprod[noise_level].item()
 
     def output(self, x_t: Tensor, y_hat: Tensor, v: Tensor, t: int, like: Tensor) -> Tensor:
@@ -266,9 +265,9 @@ class SetDenoiser:
         join_output(eps_hat, v).to(like.dtype) with fewer temporaries: at 256 px each float64 one costs ~2 ms."""
         abar_t = self.alphas_cumprod[t].item()
         eps_hat = (x_t - math.sqrt(abar_t) * y_hat.view_as(x_t)).div_(math.sqrt(1 - abar_t))
-        out = torch.empty((x_t.shape[0], x_t.shape[1] + v.shape[1], *x_t.shape[2:]), dtype=like.dtype)
-        for part, value in zip(split_output(out), (eps_hat, v), strict=True):
-            part.copy_(value)
+        C = x_t.shape[1]
+        out = torch.empty((x_t.shape[0], C + v.shape[1], *x_t.shape[2:]), dtype=like.dtype, device="cpu")
+        out[:, :C], out[:, C:] = eps_hat, v  # join_output's channel order
         return out.to(like.device)
 
 
