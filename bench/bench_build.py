@@ -1,7 +1,7 @@
 """The build a writer waits for, measured side by side: cold full build, warm full build, one-prompt rebuild.
 
 Each round, for each project (this tree, and with --baseline REV the project at git revision REV, its own code from
-`git archive`), one after the other:
+`git archive`), one after the other (the baseline first in odd rounds, this tree first in even ones):
   cold     a fresh copy with an empty cache folder: `snakemake` (the profile: every core) renders the emoji set,
            crops the photos, encodes every caption and prompt, computes the set's arrays, samples and lays out every
            figure, renders the post and builds the site (MathJax comes from the npm tarball cached under ~/.cache/diffusion_post, as after
@@ -121,7 +121,9 @@ def main() -> None:
             projects = {args.baseline: old, **projects}
         rounds: dict[str, list[dict]] = {name: [] for name in projects}
         for r in range(args.rounds):
-            for name, root in projects.items():
+            # the order alternates between rounds: the machine's speed drifts within a run, and the project measured
+            # second in every round would get the drift's benefit (or cost) each time
+            for name, root in list(projects.items())[::-1 if r % 2 else 1]:
                 scratch = Path(tmp) / f"round-{r}-{name.replace(' ', '-')}"
                 scratch.mkdir()
                 rounds[name].append(measure(root, scratch))
