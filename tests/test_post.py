@@ -328,7 +328,7 @@ def test_compiled_templates_are_reused_across_processes_and_remade_when_edited(c
     """The post's compiled templates are kept in Jinja's per-user temporary folder: a second environment (a new
     process's) compiles nothing and renders the text a compile gives; an edited template, another version of Jinja
     or of post.py (the environment's options, which Jinja does not check) compile again, and the old files go; a
-    cache file that cannot be written only means compiling again."""
+    cache file that cannot be read or written only means compiling again."""
     import shutil
     import tempfile
 
@@ -354,7 +354,7 @@ def test_compiled_templates_are_reused_across_processes_and_remade_when_edited(c
     del compiled[:]
     assert render_from(templates) == text and "post.md.j2" in compiled
     cache = post.compiled_templates_cache()
-    files = sorted(Path(cache.directory).glob("diffusion-post-*.cache"))
+    files = sorted(Path(cache.directory).glob(f"{post.COMPILED_PREFIX}*.cache"))
     assert isinstance(cache, jinja2.FileSystemBytecodeCache) and len(files) == len(set(compiled)) > 1
 
     del compiled[:]
@@ -370,11 +370,15 @@ def test_compiled_templates_are_reused_across_processes_and_remade_when_edited(c
     assert render_from(templates) == edited and len(compiled) == len(files)
     assert not any(file.exists() for file in files)  # the other key's files are removed
 
-    del compiled[:]
-    def full_disk(self, bucket):
-        raise OSError(28, "No space left on device")
+    def fails(self, bucket):
+        raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(jinja2.FileSystemBytecodeCache, "dump_bytecode", full_disk)
+    del compiled[:]
+    monkeypatch.setattr(jinja2.FileSystemBytecodeCache, "load_bytecode", fails)  # a cache file that cannot be read
+    assert render_from(templates) == edited and len(compiled) == len(files)
+
+    del compiled[:]
+    monkeypatch.setattr(jinja2.FileSystemBytecodeCache, "dump_bytecode", fails)  # nor written (a full disk)
     monkeypatch.setattr(jinja2, "__version__", "0.0-a-third")
     assert render_from(templates) == edited and len(compiled) == len(files)
 
