@@ -80,10 +80,13 @@ def user_photo(path: Path) -> Path:
 
 
 class Judge:
-    """The exact posterior over the set at t = 100 with a uniform prior: which set images an output looks like."""
+    """The exact posterior over the set at t = 100 with a uniform prior: which set images an output looks like.
+    Always the ideal backend's set, whichever backend made the figures (the trained one too)."""
 
     def __init__(self, cfg: dict):
-        backend = post_config.figure_backend(cfg, {"technique": "sample", "denoiser": "exact"}, "inputs_tmp")
+        ideal = {k: v for k, v in cfg["backend"].items() if k != "weights"} | {"name": "ideal"}
+        backend = post_config.figure_backend({**cfg, "backend": ideal}, {"technique": "sample", "denoiser": "exact"},
+                                             "inputs_tmp")
         self.cascade = load_backend(backend)
         S = self.cascade.stage_1.set
         self.set, self.y = S, S.y_64.view(-1, 3, 64, 64).float()
