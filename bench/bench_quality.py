@@ -81,10 +81,13 @@ def user_photo(path: Path) -> Path:
 
 class Judge:
     """The exact posterior over the set at t = 100 with a uniform prior: which set images an output looks like.
-    Always the ideal backend's set, whichever backend made the figures (the trained one too)."""
+    Always an ideal backend's set: the config's own, or the shipped config's where another backend made the figures
+    (the trained one), with the config's inputs and cache."""
 
     def __init__(self, cfg: dict):
-        ideal = {k: v for k, v in cfg["backend"].items() if k != "weights"} | {"name": "ideal"}
+        ideal = cfg["backend"]
+        if ideal["name"] != "ideal":
+            ideal = {**post_config.load(ROOT / "config.yaml")["backend"], "cache_dir": ideal["cache_dir"]}
         backend = post_config.figure_backend({**cfg, "backend": ideal}, {"technique": "sample", "denoiser": "exact"},
                                              "inputs_tmp")
         self.cascade = load_backend(backend)

@@ -13,6 +13,7 @@
 #      run(command="bash scripts/device_train.sh",
 #          carry=["results/train/data-v2.npz", "results/train/data-v2.json", ".whl"], timeout_s=595)
 #      run(command="bash scripts/device_train.sh --bench", carry=[".whl"], timeout_s=560)      # if wanted
+#    The training call and the machine's start take nearly the whole 15-minute lease: no rerun, no --bench after it.
 # 3. Here, rebuild and check the weights folder from the returned files, look at every figure it makes
 #    (`backend: {name: trained}`, bench/bench_quality.py), and commit it only if it shows the post's techniques:
 #      python -m diffusion_post.training.ship <files_at> weights/trained
@@ -26,8 +27,8 @@ DATA=${DATA:-results/train/data-v2.npz}
 BUDGET_1=${BUDGET_1:-300}  # seconds of stage-I training (stops early, at the step reached; SHIPPED.json records it)
 BUDGET_2=${BUDGET_2:-230}  # stage II: 654 steps in 80 s still made noise (2026-12-04)
 BENCH_EAGER_S=${BENCH_EAGER_S:-90}
-BENCH_COMPILE_S=${BENCH_COMPILE_S:-240}  # compiling IF-I-XL's graphs took more than 110 s
-GPU_MEMORY_S=${GPU_MEMORY_S:-180}  # the 2026-12-04 run took ~60 s
+BENCH_COMPILE_S=${BENCH_COMPILE_S:-240}  # two compiled rounds did not finish in 110 s, one did in 165 s
+GPU_MEMORY_S=${GPU_MEMORY_S:-180}  # ~25 GB of random weights written, then two measured setups of ~15 s
 # Not on the device image (its huggingface-hub 1.33 will do); jsonschema and its needs for config.py (the 2026-12-04
 # run's benchmark and memory steps stopped on "No module named 'jsonschema'").
 WHEELS=(diffusers==0.42.1 importlib_metadata==8.7.0 jsonschema==4.26.0 jsonschema-specifications==2025.9.1
