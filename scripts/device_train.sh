@@ -4,6 +4,9 @@
 #              BUDGET_2 s; the weights come back through $OUT (files of <= 15 MiB) with the loss curve.
 #   --bench    the full-size sampling benchmark (IF-I-XL random weights, eager and torch.compile), then the memory run.
 #   --memory   the peak GPU memory of cold-cache builds alone (issue 23: scripts/gpu_memory.py; gpu_memory.json).
+#   --bench-train  training speed side by side (bench/bench_train_step.py: losses read back every step or every 25,
+#              eager or compiled UNet; an estimated 3 min): run it first on a lease, then train with the faster one
+#              (TRAIN_FLAGS="--compile" bash scripts/device_train.sh).
 # The benchmark and the memory run were measured on 2026-12-04 (BENCHMARKS.md, "GPU: one H200"), so a lease now goes
 # to the training: that day's 140 s + 80 s left stage II unusable (docs/experiments/trained-backend.md).
 #
@@ -13,6 +16,7 @@
 #      run(command="bash scripts/device_train.sh",
 #          carry=["results/train/data-v2.npz", "results/train/data-v2.json", ".whl"], timeout_s=595)
 #      run(command="bash scripts/device_train.sh --bench", carry=[".whl"], timeout_s=560)      # if wanted
+#      run(command="bash scripts/device_train.sh --bench-train", carry=<as for training>, timeout_s=260)  # before it
 #    The training call and the machine's start take nearly the whole 15-minute lease: no rerun, no --bench after it.
 # 3. Here, rebuild and check the weights folder from the returned files, look at every figure it makes
 #    (`backend: {name: trained}`, bench/bench_quality.py), and commit it only if it shows the post's techniques:
@@ -28,6 +32,8 @@ BUDGET_1=${BUDGET_1:-300}  # seconds of stage-I training (stops early, at the st
 BUDGET_2=${BUDGET_2:-230}  # stage II: 654 steps in 80 s still made noise (2026-12-04)
 BENCH_EAGER_S=${BENCH_EAGER_S:-90}
 BENCH_COMPILE_S=${BENCH_COMPILE_S:-240}  # two compiled rounds did not finish in 110 s, one did in 165 s
+BENCH_TRAIN_S=${BENCH_TRAIN_S:-240}
+TRAIN_FLAGS=${TRAIN_FLAGS:-}  # e.g. --compile, when --bench-train shows it pays
 GPU_MEMORY_S=${GPU_MEMORY_S:-180}  # ~25 GB of random weights written, then two measured setups of ~15 s
 # Not on the device image (its huggingface-hub 1.33 will do); jsonschema and its needs for config.py (the 2026-12-04
 # run's benchmark and memory steps stopped on "No module named 'jsonschema'").
@@ -82,6 +88,15 @@ if [ "${1:-}" = "--memory" ] || [ "${1:-}" = "--bench" ]; then
     exit 0
 fi
 [ -f "$DATA" ] || { echo "no training data $DATA: run 'bash scripts/device_train.sh --prepare' first and carry it" >&2; exit 2; }
+if [ "${1:-}" = "--bench-train" ]; then
+    install_wheels
+    export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+    check_imports
+    timeout "$BENCH_TRAIN_S" "$PYTHON" bench/bench_train_step.py --device cuda --data "$DATA" 2>&1 | tee "$OUT/bench_train.txt" \
+        || echo "(training benchmark stopped: exit $?, limit ${BENCH_TRAIN_S} s)"
+    echo "$(elapsed) done"
+    exit 0
+fi
 
 if [ "${DEVICE_TRAIN_DRY:-0}" = "1" ]; then  # the same entry point, a micro model, a few CPU steps
     TRAIN_ARGS=(--device cpu --preset micro --steps-1 3 --steps-2 2 --batch-1 4 --batch-2 2 --size-1 16 --size-2 32)
@@ -89,7 +104,7 @@ else
     install_wheels
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
     TRAIN_ARGS=(--device cuda --preset device --steps-1 20000 --steps-2 20000 --batch-1 256 --batch-2 128
-                --budget-1 "$BUDGET_1" --budget-2 "$BUDGET_2")
+                --budget-1 "$BUDGET_1" --budget-2 "$BUDGET_2" $TRAIN_FLAGS)
 fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 check_imports
@@ -104,6 +119,8 @@ echo "$(elapsed) trained; weights and loss curve in \$OUT"
 if [ "${DEVICE_TRAIN_DRY:-0}" = "1" ]; then
     "$PYTHON" bench/bench_sampling.py --arch IF-I-XL --count-params  # the benchmark's full-size config builds
     "$PYTHON" scripts/gpu_memory.py --dry-run  # the memory run's full-size configs and estimates
+    "$PYTHON" bench/bench_train_step.py --preset micro --batch 2 2 --warmup 1 --steps 1 --rounds 1 --no-compile \
+        --data "$DATA"  # the training benchmark's path
     echo "$(elapsed) dry run done (no benchmark on the CPU)"
     exit 0
 fi

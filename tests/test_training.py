@@ -146,6 +146,17 @@ def test_training_lowers_the_loss_of_a_fixed_batch(small_data):
     assert all(np.isfinite(r["loss"]) for r in trainer.history)
 
 
+def test_losses_read_back_every_few_steps_are_those_of_every_step(small_data):
+    """Reading the losses back from the device every few steps (one wait for the GPU) records the same losses, for
+    the same steps, and trains the same weights, as reading them at every step."""
+    data = training_data.TrainingSet(small_data)
+    every = train(micro(steps=5, sync_every=1), data, progress=False)
+    batched = train(micro(steps=5, sync_every=3), data, progress=False)
+    assert [r["step"] for r in batched.history] == [1, 2, 3, 4, 5]
+    assert batched.history == every.history
+    assert all(torch.equal(a, b) for a, b in zip(batched.ema.parameters(), every.ema.parameters()))
+
+
 def test_resuming_from_a_checkpoint_continues_the_same_run(small_data, tmp_path):
     data = training_data.TrainingSet(small_data)
     straight = train(micro(stage=2, steps=4, batch=2), data, progress=False)
@@ -208,6 +219,7 @@ def test_device_script_dry_run_and_the_backend_samples_a_figure_from_its_weights
     run = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "stage 1: 3 steps" in run.stdout and "stage 2: 2 steps" in run.stdout and "4.30 B" in run.stdout
+    assert "| 2 | losses read every 25 steps |" in run.stdout  # bench/bench_train_step.py ran both stages
     assert sorted(p.name for p in out.iterdir()) == ["loss.png", "manifest.json", "stage_1-part0.safetensors",
                                                     "stage_2-part0.safetensors"]
     weights = tmp_path / "weights"

@@ -47,6 +47,7 @@ class Settings:
     time_budget: float | None = None  # seconds of training after start-up; stop early (and say so) when spent
     device: str = "cpu"
     compile: bool = False
+    sync_every: int = 25  # steps between reading the losses back from the device (each read waits for the GPU)
 
     @property
     def image_size(self) -> int:
@@ -69,8 +70,27 @@ class Trainer:
         self.alphas_cumprod = if_scheduler(s.stage).alphas_cumprod.to(self.device)
         self.lowres_alphas_cumprod = image_noising_scheduler().alphas_cumprod.to(self.device)
         self.step = 0
-        self.history: list[dict] = []  # per step: loss, L_simple, L_t
+        self.history = []
         self.forward = torch.compile(self.unet) if s.compile else self.unet
+
+    @property
+    def history(self) -> list[dict]:
+        """Per step: loss, L_simple, L_t as floats (the losses not yet read back are read now)."""
+        self.read_losses()
+        return self._history
+
+    @history.setter
+    def history(self, records: list[dict]) -> None:
+        self._history, self._pending = list(records), []
+
+    def read_losses(self) -> None:
+        """The steps keep their losses on the device; read them back all at once: one wait for the GPU instead of
+        one per step."""
+        if self._pending:
+            values = torch.stack([torch.stack(losses) for _, losses in self._pending]).tolist()
+            self._history += [{"step": step, "loss": loss, "l_simple": l_simple, "l_vlb": l_vlb}
+                              for (step, _), (loss, l_simple, l_vlb) in zip(self._pending, values)]
+            self._pending = []
 
     # --- one step ---------------------------------------------------------------------------------------------
     def draw(self) -> dict[str, Tensor]:
@@ -98,7 +118,7 @@ class Trainer:
                        class_labels=batch["class_labels"], return_dict=False)[0]
         return hybrid_loss(out, batch["x0"], batch["x_t"], batch["eps"], batch["t"], self.alphas_cumprod)
 
-    def train_step(self) -> dict:
+    def train_step(self) -> None:
         s = self.settings
         batch = self.draw()
         loss, l_simple, l_t = self.loss(self.forward, batch)
@@ -113,9 +133,7 @@ class Trainer:
             for e, p in zip(self.ema.parameters(), self.unet.parameters()):
                 e.lerp_(p, 1 - decay)
         self.step += 1
-        record = {"step": self.step, "loss": loss.item(), "l_simple": l_simple.item(), "l_vlb": l_t.item()}
-        self.history.append(record)
-        return record
+        self._pending.append((self.step, (loss.detach(), l_simple, l_t)))  # read back by `history`
 
     # --- checkpoints --------------------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -152,15 +170,17 @@ def train(settings: Settings, data: TrainingSet, checkpoint: Path | None = None,
     bar = tqdm(total=settings.steps, initial=trainer.step, disable=not progress, desc=f"stage {settings.stage}",
                mininterval=0.1 if sys.stderr.isatty() else 15)  # a log (the device's output) gets a line every 15 s
     while trainer.step < settings.steps:
-        record = trainer.train_step()
+        trainer.train_step()
         bar.update(1)
-        bar.set_postfix(loss=f"{record['loss']:.4f}")
+        if trainer.step % settings.sync_every == 0:
+            bar.set_postfix(loss=f"{trainer.history[-1]['loss']:.4f}")
         if checkpoint is not None and trainer.step % settings.checkpoint_every == 0:
             trainer.save_checkpoint(checkpoint)
         if settings.time_budget is not None and time.perf_counter() - start > settings.time_budget:
             bar.write(f"stage {settings.stage}: time budget of {settings.time_budget:.0f} s spent at step {trainer.step}")
             break
     bar.close()
+    trainer.read_losses()  # so the GPU has finished every step before the clock is read
     trainer.seconds = time.perf_counter() - start
     if checkpoint is not None:
         trainer.save_checkpoint(checkpoint)
@@ -220,6 +240,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=Settings.seed)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet")
+    parser.add_argument("--sync-every", type=int, default=Settings.sync_every, help="steps between loss read-backs")
     parser.add_argument("--parts", default=None, help="also write the weights as files of <= 15 MiB here (device $OUT)")
     parser.add_argument("--command", default=None, help="the command to record in SHIPPED.json (default: this one)")
     args = parser.parse_args(argv)
@@ -231,7 +252,7 @@ def main(argv=None) -> None:
         settings = Settings(stage=stage, preset=args.preset, size=getattr(args, f"size_{stage}"),
                             steps=getattr(args, f"steps_{stage}"), batch=getattr(args, f"batch_{stage}"), lr=args.lr,
                             seed=args.seed + stage, time_budget=getattr(args, f"budget_{stage}"), device=args.device,
-                            compile=args.compile)
+                            compile=args.compile, sync_every=args.sync_every)
         trainer = trainers[stage] = train(settings, data, checkpoint=work / f"checkpoint-stage{stage}.pt")
         last = trainer.history[-50:]
         print(f"stage {stage}: {trainer.step} steps, {trainer.seconds:.1f} s this run, {settings.batch} images/step; "
