@@ -23,13 +23,11 @@ def sync(device: torch.device) -> None:
 
 
 def timed_steps(trainer: Trainer, steps: int) -> float:
-    """Seconds for `steps` training steps, the losses read back as `train` reads them."""
+    """Seconds for `steps` training steps (each variant reads its losses back as its settings say), all read back."""
     sync(trainer.device)
     start = time.perf_counter()
     for _ in range(steps):
         trainer.train_step()
-        if trainer.step % trainer.settings.sync_every == 0:
-            trainer.read_losses()
     trainer.read_losses()
     sync(trainer.device)
     return time.perf_counter() - start
@@ -55,7 +53,7 @@ def main(argv=None) -> None:
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"{name}, torch {torch.__version__}, preset {args.preset}, {args.steps} steps per round, best of {args.rounds}")
-    print("| stage | variant | s/step | images/s | ratio to the first |")
+    print("| stage | variant | s/step | images/s | time / the first's (< 1: faster) |")
     print("|---|---|---|---|---|")
     for stage in args.stages:
         batch = args.batch[stage - 1]
@@ -73,7 +71,7 @@ def main(argv=None) -> None:
             best = min(seconds)
             print(f"| {stage} | {label} | {best / args.steps:.4f} | {batch * args.steps / best:.0f} | {best / first:.3f} |",
                   flush=True)
-        del trainers
+        del trainers, trainer
         if device.type == "cuda":
             torch.cuda.empty_cache()
 

@@ -5,8 +5,9 @@
 #   --bench    the full-size sampling benchmark (IF-I-XL random weights, eager and torch.compile), then the memory run.
 #   --memory   the peak GPU memory of cold-cache builds alone (issue 23: scripts/gpu_memory.py; gpu_memory.json).
 #   --bench-train  training speed side by side (bench/bench_train_step.py: losses read back every step or every 25,
-#              eager or compiled UNet; an estimated 3 min): run it first on a lease, then train with the faster one
-#              (TRAIN_FLAGS="--compile" bash scripts/device_train.sh).
+#              eager or compiled UNet; an estimated 3 min, stage I's rows printed first). A lease holds it and a
+#              shorter training: BUDGET_1=200 BUDGET_2=150 TRAIN_FLAGS="--compile" (if it pays) bash scripts/device_train.sh;
+#              or the training alone at the default budgets, which prints its images/s (2026-12-04: 1,880 / 1,050).
 # The benchmark and the memory run were measured on 2026-12-04 (BENCHMARKS.md, "GPU: one H200"), so a lease now goes
 # to the training: that day's 140 s + 80 s left stage II unusable (docs/experiments/trained-backend.md).
 #
@@ -16,7 +17,7 @@
 #      run(command="bash scripts/device_train.sh",
 #          carry=["results/train/data-v2.npz", "results/train/data-v2.json", ".whl"], timeout_s=595)
 #      run(command="bash scripts/device_train.sh --bench", carry=[".whl"], timeout_s=560)      # if wanted
-#      run(command="bash scripts/device_train.sh --bench-train", carry=<as for training>, timeout_s=260)  # before it
+#      run(command="bash scripts/device_train.sh --bench-train", carry=<as for training>, timeout_s=260)  # see above
 #    The training call and the machine's start take nearly the whole 15-minute lease: no rerun, no --bench after it.
 # 3. Here, rebuild and check the weights folder from the returned files, look at every figure it makes
 #    (`backend: {name: trained}`, bench/bench_quality.py), and commit it only if it shows the post's techniques:
@@ -99,7 +100,8 @@ if [ "${1:-}" = "--bench-train" ]; then
 fi
 
 if [ "${DEVICE_TRAIN_DRY:-0}" = "1" ]; then  # the same entry point, a micro model, a few CPU steps
-    TRAIN_ARGS=(--device cpu --preset micro --steps-1 3 --steps-2 2 --batch-1 4 --batch-2 2 --size-1 16 --size-2 32)
+    TRAIN_ARGS=(--device cpu --preset micro --steps-1 3 --steps-2 2 --batch-1 4 --batch-2 2 --size-1 16 --size-2 32
+                $TRAIN_FLAGS)
 else
     install_wheels
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader

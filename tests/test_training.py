@@ -156,6 +156,14 @@ def test_losses_read_back_every_few_steps_are_those_of_every_step(small_data):
     assert batched.history == every.history
     assert all(torch.equal(a, b) for a, b in zip(batched.ema.parameters(), every.ema.parameters()))
 
+    trainer = Trainer(micro(sync_every=3), data)
+    for _ in range(5):
+        trainer.train_step()
+    assert [step for step, _ in trainer._pending] == [4, 5]  # read back at step 3, not at every step
+    assert not any(loss.requires_grad for _, losses in trainer._pending for loss in losses)  # no graph kept alive
+    with pytest.raises(ValueError, match="sync_every"):
+        micro(sync_every=0)
+
 
 def test_resuming_from_a_checkpoint_continues_the_same_run(small_data, tmp_path):
     data = training_data.TrainingSet(small_data)
@@ -215,7 +223,7 @@ def test_device_script_dry_run_and_the_backend_samples_a_figure_from_its_weights
     subprocess.run(["bash", "-n", str(script)], check=True)
     out = tmp_path / "OUT"
     env = {**os.environ, "DEVICE_TRAIN_DRY": "1", "OUT": str(out), "WORK": str(tmp_path / "work"),
-           "DATA": str(small_data), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+           "DATA": str(small_data), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "TRAIN_FLAGS": "--sync-every 2"}
     run = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "stage 1: 3 steps" in run.stdout and "stage 2: 2 steps" in run.stdout and "4.30 B" in run.stdout
@@ -226,6 +234,7 @@ def test_device_script_dry_run_and_the_backend_samples_a_figure_from_its_weights
     shipped = unpack_parts(out, weights)
     assert shipped["data"]["sha256"] == training_data.sha256(small_data)
     assert "--preset micro" in shipped["command"] and shipped["stages"]["stage_1"]["steps"] == 3
+    assert "--sync-every 2" in shipped["command"] and shipped["stages"]["stage_1"]["settings"]["sync_every"] == 2
 
     backend = {"name": "trained", "weights": str(weights), "device": "cpu", "cache_dir": str(tmp_path / "cache")}
     cascade = load_backend(backend)

@@ -49,6 +49,10 @@ class Settings:
     compile: bool = False
     sync_every: int = 25  # steps between reading the losses back from the device (each read waits for the GPU)
 
+    def __post_init__(self):
+        if self.sync_every < 1:
+            raise ValueError(f"sync_every is {self.sync_every}: the losses are read back every N >= 1 steps")
+
     @property
     def image_size(self) -> int:
         return self.size or STAGE_SIZES[self.stage]
@@ -133,7 +137,9 @@ class Trainer:
             for e, p in zip(self.ema.parameters(), self.unet.parameters()):
                 e.lerp_(p, 1 - decay)
         self.step += 1
-        self._pending.append((self.step, (loss.detach(), l_simple, l_t)))  # read back by `history`
+        self._pending.append((self.step, (loss.detach(), l_simple, l_t)))
+        if self.step % s.sync_every == 0:
+            self.read_losses()
 
     # --- checkpoints --------------------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -172,7 +178,7 @@ def train(settings: Settings, data: TrainingSet, checkpoint: Path | None = None,
     while trainer.step < settings.steps:
         trainer.train_step()
         bar.update(1)
-        if trainer.step % settings.sync_every == 0:
+        if trainer.step % settings.sync_every == 0:  # just read back
             bar.set_postfix(loss=f"{trainer.history[-1]['loss']:.4f}")
         if checkpoint is not None and trainer.step % settings.checkpoint_every == 0:
             trainer.save_checkpoint(checkpoint)
