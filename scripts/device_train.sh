@@ -65,7 +65,9 @@ gpu_memory() {
     timeout "$GPU_MEMORY_S" "$PYTHON" scripts/gpu_memory.py --out "$OUT" 2>&1 | tail -20 \
         || echo "(memory run stopped: exit $?, limit ${GPU_MEMORY_S} s)"
 }
-check_imports() {  # every module the steps import, checked before they spend the lease
+prepare_python() {  # the wheels (not in the dry run), the project on the path, every import the steps need checked
+    [ "${DEVICE_TRAIN_DRY:-0}" = "1" ] || install_wheels
+    export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
     "$PYTHON" -c "import diffusers, diffusion_post.config, diffusion_post.backends.deepfloyd, diffusion_post.training.train" \
         || { echo "a package is missing on this machine: add its wheel to WHEELS in $0" >&2; exit 3; }
 }
@@ -80,9 +82,7 @@ bench() {  # the full-size sampling benchmark of BENCHMARKS.md, eager then compi
         || echo "(compiled benchmark stopped: exit $?, limit ${BENCH_COMPILE_S} s)"
 }
 if [ "${1:-}" = "--memory" ] || [ "${1:-}" = "--bench" ]; then
-    install_wheels
-    export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-    check_imports
+    prepare_python
     if [ "$1" = "--bench" ]; then bench | tee "$OUT/bench.txt"; fi
     gpu_memory
     echo "$(elapsed) done"
@@ -90,9 +90,7 @@ if [ "${1:-}" = "--memory" ] || [ "${1:-}" = "--bench" ]; then
 fi
 [ -f "$DATA" ] || { echo "no training data $DATA: run 'bash scripts/device_train.sh --prepare' first and carry it" >&2; exit 2; }
 if [ "${1:-}" = "--bench-train" ]; then
-    install_wheels
-    export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-    check_imports
+    prepare_python
     timeout "$BENCH_TRAIN_S" "$PYTHON" bench/bench_train_step.py --device cuda --data "$DATA" 2>&1 | tee "$OUT/bench_train.txt" \
         || echo "(training benchmark stopped: exit $?, limit ${BENCH_TRAIN_S} s)"
     echo "$(elapsed) done"
@@ -103,13 +101,11 @@ if [ "${DEVICE_TRAIN_DRY:-0}" = "1" ]; then  # the same entry point, a micro mod
     TRAIN_ARGS=(--device cpu --preset micro --steps-1 3 --steps-2 2 --batch-1 4 --batch-2 2 --size-1 16 --size-2 32
                 $TRAIN_FLAGS)
 else
-    install_wheels
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
     TRAIN_ARGS=(--device cuda --preset device --steps-1 20000 --steps-2 20000 --batch-1 256 --batch-2 128
                 --budget-1 "$BUDGET_1" --budget-2 "$BUDGET_2" $TRAIN_FLAGS)
 fi
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-check_imports
+prepare_python
 WORK=${WORK:-/tmp/diffusion_post_train}
 rm -rf "$WORK"
 

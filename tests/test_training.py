@@ -24,6 +24,7 @@ from diffusion_post.training import data as training_data
 from diffusion_post.training.losses import hybrid_loss
 from diffusion_post.training.ship import unpack_parts, write_parts, write_weights_folder
 from diffusion_post.training.train import Settings, Trainer, fixed_batch_loss, train
+from diffusion_post.training.train import main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,7 +147,7 @@ def test_training_lowers_the_loss_of_a_fixed_batch(small_data):
     assert all(np.isfinite(r["loss"]) for r in trainer.history)
 
 
-def test_losses_read_back_every_few_steps_are_those_of_every_step(small_data):
+def test_losses_read_back_every_few_steps_are_those_of_every_step(small_data, capsys):
     """Reading the losses back from the device every few steps (one wait for the GPU) records the same losses, for
     the same steps, and trains the same weights, as reading them at every step."""
     data = training_data.TrainingSet(small_data)
@@ -163,6 +164,9 @@ def test_losses_read_back_every_few_steps_are_those_of_every_step(small_data):
     assert not any(loss.requires_grad for _, losses in trainer._pending for loss in losses)  # no graph kept alive
     with pytest.raises(ValueError, match="sync_every"):
         micro(sync_every=0)
+    with pytest.raises(SystemExit) as exit:  # the command line says it in one line, before loading any data
+        train_main(["--data", "missing.npz", "--work", "w", "--weights", "w", "--sync-every", "0"])
+    assert exit.value.code == 2 and "error: sync_every is 0" in capsys.readouterr().err
 
 
 def test_resuming_from_a_checkpoint_continues_the_same_run(small_data, tmp_path):

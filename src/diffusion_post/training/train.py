@@ -251,14 +251,20 @@ def main(argv=None) -> None:
     parser.add_argument("--command", default=None, help="the command to record in SHIPPED.json (default: this one)")
     args = parser.parse_args(argv)
 
+    def settings_of(stage: int) -> Settings:
+        return Settings(stage=stage, preset=args.preset, size=getattr(args, f"size_{stage}"),
+                        steps=getattr(args, f"steps_{stage}"), batch=getattr(args, f"batch_{stage}"), lr=args.lr,
+                        seed=args.seed + stage, time_budget=getattr(args, f"budget_{stage}"), device=args.device,
+                        compile=args.compile, sync_every=args.sync_every)
+
+    try:  # every stage's settings checked before the data loads
+        stage_settings = {stage: settings_of(stage) for stage in args.stages}
+    except ValueError as error:  # one line, as argparse says it
+        parser.error(str(error))
     work = Path(args.work)
     data = TrainingSet(args.data, args.device)
     trainers = {}
-    for stage in args.stages:
-        settings = Settings(stage=stage, preset=args.preset, size=getattr(args, f"size_{stage}"),
-                            steps=getattr(args, f"steps_{stage}"), batch=getattr(args, f"batch_{stage}"), lr=args.lr,
-                            seed=args.seed + stage, time_budget=getattr(args, f"budget_{stage}"), device=args.device,
-                            compile=args.compile, sync_every=args.sync_every)
+    for stage, settings in stage_settings.items():
         trainer = trainers[stage] = train(settings, data, checkpoint=work / f"checkpoint-stage{stage}.pt")
         last = trainer.history[-50:]
         print(f"stage {stage}: {trainer.step} steps, {trainer.seconds:.1f} s this run, {settings.batch} images/step; "
