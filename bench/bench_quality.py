@@ -88,6 +88,9 @@ class Judge:
         ideal = cfg["backend"]
         if ideal["name"] != "ideal":
             ideal = {**post_config.load(ROOT / "config.yaml")["backend"], "cache_dir": ideal["cache_dir"]}
+            if ideal["name"] != "ideal":
+                sys.exit(f"the judge needs the ideal backend's set, and {ROOT / 'config.yaml'} names the "
+                         f"{ideal['name']} backend: keep config.yaml as shipped, give the other backend's config by --config")
         backend = post_config.figure_backend({**cfg, "backend": ideal}, {"technique": "sample", "denoiser": "exact"},
                                              "inputs_tmp")
         self.cascade = load_backend(backend)

@@ -53,15 +53,15 @@ def main(argv=None) -> None:
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"{name}, torch {torch.__version__}, preset {args.preset}, {args.steps} steps per round, best of {args.rounds}")
-    print("| stage | variant | s/step | images/s | time / the first's (< 1: faster) |")
-    print("|---|---|---|---|---|")
+    print(f"| stage | variant | s/step | images/s | time / the first's (< 1: faster) | {args.warmup} warm-up steps, s |")
+    print("|---|---|---|---|---|---|")
     for stage in args.stages:
         batch = args.batch[stage - 1]
-        trainers = {}
+        trainers, warmup = {}, {}
         for label, options in variants.items():
             trainer = trainers[label] = Trainer(Settings(stage=stage, preset=args.preset, batch=batch,
                                                          device=args.device, seed=stage, **options), data)
-            timed_steps(trainer, args.warmup)
+            warmup[label] = timed_steps(trainer, args.warmup)  # compilation happens here
         times = {label: [] for label in variants}
         for r in range(args.rounds):
             for label in (list(variants) if r % 2 == 0 else list(reversed(variants))):
@@ -69,8 +69,8 @@ def main(argv=None) -> None:
         first = min(next(iter(times.values())))
         for label, seconds in times.items():
             best = min(seconds)
-            print(f"| {stage} | {label} | {best / args.steps:.4f} | {batch * args.steps / best:.0f} | {best / first:.3f} |",
-                  flush=True)
+            print(f"| {stage} | {label} | {best / args.steps:.4f} | {batch * args.steps / best:.0f} | "
+                  f"{best / first:.3f} | {warmup[label]:.1f} |", flush=True)
         del trainers, trainer
         if device.type == "cuda":
             torch.cuda.empty_cache()
