@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from diffusion_post import guidance, schedule, techniques
-from diffusion_post.backends.exact import ExactUpsampler
+from diffusion_post.backends.exact import ExactUpsampler, dots, dots_error
 from diffusion_post.backends.ideal import load_ideal
 from diffusion_post.backends.image_set import content, cosine_alphas_cumprod, resize, up_2
 from diffusion_post.denoiser import join_output
@@ -103,12 +103,17 @@ def test_schedule_is_diffusers_cosine_schedule():
     assert torch.equal(cosine_alphas_cumprod(), expected)
 
 
-def test_noise_estimate_matches_brute_force(cascade):
+@pytest.mark.parametrize("products", [torch.float64, torch.float32])
+def test_noise_estimate_matches_brute_force(cascade, monkeypatch, products):
+    """With float64 products the denoiser is brute force's formula to 1e-9; with float32 ones (the default: exact.dots)
+    its clean-image estimate E[y | x_t] is that formula's to 1e-6 at every t, and not to the bit."""
+    monkeypatch.setattr(cascade.stage_1.set, "products_dtype", products)
     denoiser = cascade.stage_1
     Y = set_images(cascade, 64)
     g = torch.Generator().manual_seed(0)
     embeds = cascade.embed(["red square", "", "blue", "a photo of a green triangle"])
     log_w = denoiser.set.log_weights(embeds)
+    differences = []
     for t in [0, 5, 250, 999]:
         a = denoiser.alphas_cumprod[t].double()
         noise = torch.randn((4, 3, 64, 64), generator=g, dtype=torch.float64)
@@ -116,8 +121,14 @@ def test_noise_estimate_matches_brute_force(cascade):
         out = denoiser(x_t, t, embeds)
         assert out.shape == (4, 6, 64, 64) and out.dtype == torch.float64
         expected = brute_force_eps(x_t, t, log_w, Y, denoiser.alphas_cumprod)
-        torch.testing.assert_close(out[:, :3], expected, rtol=1e-9, atol=1e-9 / (1 - a).sqrt().item())
+        if products == torch.float64:
+            torch.testing.assert_close(out[:, :3], expected, rtol=1e-9, atol=1e-9 / (1 - a).sqrt().item())
+        else:
+            y_hat = lambda eps: (x_t - (1 - a).sqrt() * eps) / a.sqrt()  # DDPM eq. 15
+            differences.append((y_hat(out[:, :3]) - y_hat(expected)).abs().max().item())
         assert torch.all(out[:, 3:] == -1)
+    if products == torch.float32:
+        assert 0 < max(differences) < 1e-6  # (2.9e-8 to 1.1e-7 on 2026-12-04)
 
 
 def test_empty_prompt_gives_uniform_weights(cascade):
@@ -183,6 +194,22 @@ def test_inpainting_keeps_the_unmasked_pixels_and_fills_the_hole(cascade):
     x = techniques.inpaint(model, x0, mask, schedule.strided_timesteps(990, 30), denoiser.alphas_cumprod, generators(1))
     assert torch.equal(x * (1 - mask), x0 * (1 - mask))
     assert ((x - Y[index("yellow cross")]) * mask).abs().max() < 1e-2
+
+
+def test_float32_products_stay_within_their_error_bound():
+    """dots_error bounds the float32 products' error (stage II's pruning adds it back to stay a bound), for vectors of
+    the post's size: noise-like ones, and ones near a set image, whose same-signed terms add up the summation's
+    rounding. A bound of the inputs' rounding alone (2 u |x||y|, no factor D) would not hold for those."""
+    g = torch.Generator().manual_seed(0)
+    D = 3 * 64 * 64
+    y = torch.rand(1000, D, generator=g, dtype=torch.float64) * 2  # same-signed terms
+    x = torch.cat([torch.randn(4, D, generator=g, dtype=torch.float64),
+                   y[:2] + 1e-3 * torch.randn(2, D, generator=g, dtype=torch.float64)])
+    error = (dots(x, y.float()).double() - x @ y.T).abs()
+    norms = x.norm(dim=1)[:, None] * y.norm(dim=1)[None]
+    assert (error <= dots_error(x.norm(dim=1), y.norm(dim=1), torch.float32, D)).all()
+    assert (error > 2 * 2**-24 * norms).any()  # (5 u |x||y| at most, 2026-12-04)
+    assert (dots_error(x.norm(dim=1), y.norm(dim=1), torch.float64, D) < 1e-11 * norms).all()  # (float64: negligible)
 
 
 def test_stage_two_pruning_equals_the_full_computation(cascade):

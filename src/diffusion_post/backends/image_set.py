@@ -171,6 +171,8 @@ class ImageSet:
         self.caption_embeds = caption_embeds.double()
         self.temperature = temperature
         self._log_weights: dict[tuple, Tensor] = {}
+        self.products_dtype = torch.float32  # of the exact denoisers' products with the set (exact.dots)
+        self._y_64_products: dict[torch.dtype, Tensor] = {}
         self.up_2 = resize_matrix(STORED_SIZE, STAGE_2_SIZE, "bilinear", align_corners=False)  # (256, 128)
         self.up_4 = resize_matrix(STAGE_1_SIZE, STAGE_2_SIZE, "bilinear", align_corners=True)  # (256, 64)
         self.y_64, self.y_64_sq, self.y_sq, self.up_4_sq, self.y_z = (tensors[k] for k in SET_ARRAYS)
@@ -178,9 +180,15 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.captions)
 
-    def y_128(self, idx: Index) -> Tensor:
-        """Stored images idx as float64 in [-1, 1], (k, 3 128 128)."""
-        return unit(self.images_128[idx]).flatten(1)
+    def y_128(self, idx: Index, dtype: torch.dtype = torch.float64) -> Tensor:
+        """Stored images idx in [-1, 1], (k, 3 128 128)."""
+        return unit(self.images_128[idx], dtype).flatten(1)
+
+    def y_64_products(self) -> Tensor:
+        """y_64 in products_dtype, for exact.dots: converted once per dtype (~25 ms for the post's set)."""
+        if self.products_dtype not in self._y_64_products:
+            self._y_64_products[self.products_dtype] = self.y_64.to(self.products_dtype)
+        return self._y_64_products[self.products_dtype]
 
     def log_weights(self, embeds: Tensor, temperature: float | None = None) -> Tensor:
         """log w_i = log softmax_i(cos(prompt, caption_i) / temperature), (B, N) float64; a zero prompt -> uniform.
