@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from diffusion_post import guidance, schedule, techniques
+from diffusion_post.backends import exact as exact_module
 from diffusion_post.backends.exact import ExactUpsampler, dots, dots_error
 from diffusion_post.backends.ideal import load_ideal
 from diffusion_post.backends.image_set import content, cosine_alphas_cumprod, resize, up_2
@@ -128,7 +129,7 @@ def test_noise_estimate_matches_brute_force(cascade, monkeypatch, products):
             differences.append((y_hat(out[:, :3]) - y_hat(expected)).abs().max().item())
         assert torch.all(out[:, 3:] == -1)
     if products == torch.float32:
-        assert 0 < max(differences) < 1e-6  # (2.9e-8 to 1.1e-7 on 2026-12-04)
+        assert 1e-10 < max(differences) < 1e-6  # (2.9e-8 to 1.1e-7 on 2026-12-04; float64 products: ~1e-15)
 
 
 def test_empty_prompt_gives_uniform_weights(cascade):
@@ -197,19 +198,39 @@ def test_inpainting_keeps_the_unmasked_pixels_and_fills_the_hole(cascade):
 
 
 def test_float32_products_stay_within_their_error_bound():
-    """dots_error bounds the float32 products' error (stage II's pruning adds it back to stay a bound), for vectors of
-    the post's size: noise-like ones, and ones near a set image, whose same-signed terms add up the summation's
-    rounding. A bound of the inputs' rounding alone (2 u |x||y|, no factor D) would not hold for those."""
+    """dots_error bounds the float32 products' error, for vectors of the post's size: noise-like ones, and ones near a
+    set image, whose same-signed terms add up the summation's rounding; its constant is Higham's gamma_(D+2)."""
     g = torch.Generator().manual_seed(0)
     D = 3 * 64 * 64
     y = torch.rand(1000, D, generator=g, dtype=torch.float64) * 2  # same-signed terms
     x = torch.cat([torch.randn(4, D, generator=g, dtype=torch.float64),
                    y[:2] + 1e-3 * torch.randn(2, D, generator=g, dtype=torch.float64)])
     error = (dots(x, y.float()).double() - x @ y.T).abs()
-    norms = x.norm(dim=1)[:, None] * y.norm(dim=1)[None]
     assert (error <= dots_error(x.norm(dim=1), y.norm(dim=1), torch.float32, D)).all()
-    assert (error > 2 * 2**-24 * norms).any()  # (5 u |x||y| at most, 2026-12-04)
-    assert (dots_error(x.norm(dim=1), y.norm(dim=1), torch.float64, D) < 1e-11 * norms).all()  # (float64: negligible)
+    nu = (D + 2) * 2.0**-24
+    one = torch.ones(1, dtype=torch.float64)
+    assert dots_error(one, one, torch.float32, D).item() == pytest.approx(nu / (1 - nu), rel=1e-12)
+
+
+def test_stage_two_bound_survives_the_worst_rounding_of_its_products(cascade, monkeypatch):
+    """If every float32 product were off by all that dots_error allows, in the direction that lowers the bound, the
+    pruning bound would still be the one that exact float64 products give: the rounding is added back in full."""
+    d, S = cascade.stage_2.denoiser, cascade.stage_2.denoiser.set
+    g = torch.Generator().manual_seed(0)
+    x_t = torch.cat([set_images(cascade, 256)[[0, 3]], torch.randn((2, 3, 256, 256), generator=g, dtype=torch.float64)])
+    prior = torch.zeros(len(x_t), len(S), dtype=torch.float64)
+    for t in [999, 500, 50, 0]:
+        c, var = d.alphas_cumprod[t].sqrt().item(), 1 - d.alphas_cumprod[t].item()
+        bound = lambda: d.logit_upper_bound(x_t, x_t.square().sum((1, 2, 3)), prior, c, var)
+        monkeypatch.setattr(S, "products_dtype", torch.float64)
+        exact = bound()
+        monkeypatch.setattr(S, "products_dtype", torch.float32)
+        lowest = lambda x, y: x @ S.y_64.T - dots_error(x.norm(dim=1), S.y_64_sq.sqrt(), torch.float32, x.shape[1])
+        monkeypatch.setattr(exact_module, "dots", lowest)
+        worst = bound()
+        monkeypatch.undo()
+        # (float64 cancellation within 1e-12 of the bound's size; leaving the rounding out moves it by ~1e-4)
+        torch.testing.assert_close(worst, exact, rtol=0, atol=1e-10 * exact.abs().max().item())
 
 
 def test_stage_two_pruning_equals_the_full_computation(cascade):

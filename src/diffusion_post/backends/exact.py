@@ -10,7 +10,7 @@ It needs no training, runs offline on a CPU and makes real pictures (it returns 
 Prompt weights come from a real sentence encoder (all-MiniLM-L6-v2): log w_i = cos(prompt, caption_i) / temperature;
 the empty prompt is the zero vector, i.e. uniform weights, so classifier-free guidance has a true unconditional.
 Stage II is the same estimate at 256 px, with the noised upsampled 64-px image z as a second observation.
-The products with the set are float32 and everything else float64 (dots): the post's figures are those of float64
+The products with the set are float32 and everything else float64 (dots): the post's PNGs are those of float64
 products to one grey level.
 """
 
@@ -31,17 +31,16 @@ def sq_dist(x_sq: Tensor, x_dot_y: Tensor, y_sq: Tensor, c: float) -> Tensor:
 
 def dots(x: Tensor, y: Tensor) -> Tensor:
     """x_b.y_i (B, N) computed in y's dtype (ImageSet.products_dtype). The products read the whole set at every call,
-    so the memory sets their speed: float32 copies halve the read (2.4-4x faster here). The norms stay float64 and
-    only x.y is rounded, by < 4e-7 of |x||y| on the post's set: a logit moves by up to ~70 at t = 0, 0.5 at t = 50,
-    0.02 at t = 250, where the best two images' logits lie 8e6, 3e4 and 460 apart for x_t drawn near a set image.
-    Between two images (an anagram's views pulling apart) a chain can still take the other branch of a near tie."""
+    so the memory sets their speed: float32 halves the read. Only the products are rounded (this one and the
+    posterior mean's p y); norms, distances and logits stay float64. What that moves, and why a near tie between
+    two images is the one place it shows: docs/experiments/build-time.md, "sixth session"."""
     return x.to(y.dtype) @ y.T
 
 
 def dots_error(x_norm: Tensor, y_norm: Tensor, dtype: torch.dtype, D: int) -> Tensor:
     """A bound on |dots(x, y) - x.y| (B, N) from the norms |x_b| (B,) and |y_i| (N,) of D-vectors: both rounded to
     dtype, then D products summed in it: gamma_(D+2) |x|.|y| <= gamma_(D+2) |x_b| |y_i|, gamma_n = n u / (1 - n u)
-    (Higham, Accuracy and Stability of Numerical Algorithms, 2002, eq. 3.5), for any order of summation."""
+    (Higham, Accuracy and Stability of Numerical Algorithms, 2002, section 3.1), for any order of summation."""
     nu = (D + 2) * torch.finfo(dtype).eps / 2
     return nu / (1 - nu) * x_norm[:, None] * y_norm[None]
 
@@ -60,8 +59,8 @@ def posterior_mean(x_sq: Tensor, x_adj: Tensor, sqrt_abar: float, var: float, pr
         logits = prior[:, idx] - sq_dist(x_sq, dots(x_adj, y), My_sq, sqrt_abar) / (2 * var)
         m_new = torch.maximum(m, logits.max(1, keepdim=True).values)
         p, rescale = (logits - m_new).exp(), (m - m_new).exp()
-        # images below 1e-30 of the largest weight change no float64 digit of the mean: skip their rows of y
-        # (most of the set once the posterior has narrowed), which halves the memory read per call
+        # images below 1e-30 of the largest weight change no digit of the mean: skip their rows of y (most of the
+        # set once the posterior has narrowed), which halves the memory read per call
         keep = (p > 1e-30).any(0).nonzero().squeeze(1)
         p = p.to(y.dtype)  # (the weights are in [0, 1]: float32 keeps their 7 digits)
         p_y = p[:, keep] @ y[keep] if len(keep) < len(y) // 2 else p @ y  # (a gather copies: only when it is small)
@@ -114,6 +113,7 @@ class ExactUpsampler(SetDenoiser):
         self.chunk = chunk
         # |Q y_i|: the part of y_i within 4x4 blocks; |y|^2 = 16 |area_4(y)|^2 + |Q y|^2 is an orthogonal split
         self.q_y = (image_set.y_sq - 16 * image_set.y_64_sq).clamp(min=0).sqrt()
+        self.y_64_norm = image_set.y_64_sq.sqrt()
         self.last_candidates = 0  # how many images the last call read, for inspection
         self.prior_given_z = LastCall(self._prior_given_z)
 
@@ -123,6 +123,17 @@ class ExactUpsampler(SetDenoiser):
         z_adj = resize(S.up_4.T, z).flatten(1)
         return S.log_weights(embeds) - sq_dist(z.square().sum((1, 2, 3)), dots(z_adj, S.y_64_products()), S.up_4_sq,
                                                math.sqrt(abar_s)) / (2 * (1 - abar_s))
+
+    def logit_upper_bound(self, x_t: Tensor, x_sq: Tensor, prior: Tensor, c: float, var: float) -> Tensor:
+        """An upper bound on every logit (B, N) from 64-px quantities, as |v|^2 = 16 |area_4(v)|^2 + |Q v|^2 and
+        |Q(x_t - c y)| >= | |Q x_t| - c |Q y| |, less the products' rounding (dots_error), which it must not lose."""
+        S = self.set
+        x_64 = F.avg_pool2d(x_t, 4).flatten(1)
+        x_64_sq = x_64.square().sum(1)
+        q_x = (x_sq - 16 * x_64_sq).clamp(min=0).sqrt()
+        rounding = 16 * 2 * c * dots_error(x_64_sq.sqrt(), self.y_64_norm, S.products_dtype, x_64.shape[1])
+        return prior - (16 * sq_dist(x_64_sq, dots(x_64, S.y_64_products()), S.y_64_sq, c)
+                        + (q_x[:, None] - c * self.q_y[None]) ** 2 - rounding) / (2 * var)
 
     @torch.no_grad()
     def __call__(self, x_in: Tensor, t: int, embeds: Tensor, noise_level: int | None = None) -> Tensor:
@@ -135,15 +146,8 @@ class ExactUpsampler(SetDenoiser):
         x_sq, x_adj = x_t.square().sum((1, 2, 3)), resize(S.up_2.T, x_t).flatten(1)
         candidates = torch.arange(len(S))
         if math.isfinite(self.prune_margin):
-            # An upper bound on every logit from 64-px quantities, as |v|^2 = 16 |area_4(v)|^2 + |Q v|^2 and
-            # |Q(x_t - c y)| >= | |Q x_t| - c |Q y| |; the exact logit of the best bound is a lower bound on the max.
-            x_64 = F.avg_pool2d(x_t, 4).flatten(1)
-            x_64_sq = x_64.square().sum(1)
-            q_x = (x_sq - 16 * x_64_sq).clamp(min=0).sqrt()
-            # (the products' rounding, which the bound must not lose, added back: dots_error)
-            rounding = 16 * 2 * c * dots_error(x_64_sq.sqrt(), S.y_64_sq.sqrt(), S.products_dtype, x_64.shape[1])
-            upper = prior - (16 * sq_dist(x_64_sq, dots(x_64, S.y_64_products()), S.y_64_sq, c)
-                             + (q_x[:, None] - c * self.q_y[None]) ** 2 - rounding) / (2 * var)
+            upper = self.logit_upper_bound(x_t, x_sq, prior, c, var)
+            # the exact logit of the best bound is a lower bound on the max
             best = upper.argmax(1)
             best_logit = prior.gather(1, best[:, None])[:, 0] - (
                 x_sq - 2 * c * (x_adj * S.y_128(best)).sum(1) + c**2 * S.y_sq[best]) / (2 * var)
